@@ -1,0 +1,253 @@
+"""The index writer: one thread that commits index rows in groups (group commit).
+
+Every ingest path hands its parsed instance here and waits for the commit. Batching
+whatever is waiting into one transaction keeps the per-instance fsync cost low when
+several associations store in parallel, and a single writer makes get-or-create of
+patient/study/series race-free on SQLite. On PostgreSQL, other processes may write
+too, so get-or-create still retries on a unique-key conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ciams.archive.models import Instance, InstanceVersion, Patient, Series, Study
+from ciams.archive.parse import ParsedInstance
+from ciams.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["stored", "duplicate", "versioned", "conflict"]
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    parsed: ParsedInstance
+    storage_key: str
+    source: dict[str, str]
+
+
+@dataclass(frozen=True)
+class IndexOutcome:
+    outcome: Outcome
+    new_series: bool = False
+    previous_sha256: str = ""
+
+
+class IndexWriter:
+    """Background thread committing :class:`IndexRequest` s in batches."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        on_conflict: Literal["reject", "version"],
+        batch_max: int = 64,
+        on_commit: Callable[[list[tuple[IndexRequest, IndexOutcome]]], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._on_conflict = on_conflict
+        self._batch_max = max(1, batch_max)
+        self._on_commit = on_commit
+        self._queue: queue.Queue[tuple[IndexRequest, Future[IndexOutcome]] | None] = queue.Queue()
+        self._series_cache: dict[str, int] = {}
+        self._study_cache: dict[str, int] = {}
+        self._patient_cache: dict[tuple[str, str], int] = {}
+        self._thread = threading.Thread(target=self._run, name="ciams-index-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: IndexRequest) -> IndexOutcome:
+        """Index one instance; returns once its row is committed (durable)."""
+        fut: Future[IndexOutcome] = Future()
+        self._queue.put((request, fut))
+        return fut.result()
+
+    def close(self) -> None:
+        """Finish what is queued and stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    # -- writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[tuple[IndexRequest, Future[IndexOutcome]]]) -> None:
+        try:
+            with self._sessions() as session, session.begin():
+                outcomes = [self._apply(session, req) for req, _ in batch]
+        except Exception:  # noqa: BLE001 - isolate the failing request below
+            self._clear_caches()
+            if len(batch) > 1:
+                for one in batch:
+                    self._commit_batch([one])
+                return
+            req, fut = batch[0]
+            log.exception("index write failed for one instance")
+            fut.set_exception(StorageError("the index could not record the instance"))
+            return
+        pairs = [(req, out) for (req, _), out in zip(batch, outcomes, strict=True)]
+        for (_, fut), out in zip(batch, outcomes, strict=True):
+            fut.set_result(out)
+        if self._on_commit is not None:
+            try:
+                self._on_commit(pairs)
+            except Exception:  # noqa: BLE001 - listeners must not break ingest
+                log.exception("post-commit listener failed")
+
+    def _clear_caches(self) -> None:
+        self._series_cache.clear()
+        self._study_cache.clear()
+        self._patient_cache.clear()
+
+    def _apply(self, session: Session, req: IndexRequest) -> IndexOutcome:
+        parsed = req.parsed
+        now = datetime.now(UTC)
+        existing = session.scalar(
+            select(Instance).where(Instance.sop_instance_uid == parsed.sop_instance_uid)
+        )
+        values = parsed.index_values()
+        if existing is not None:
+            if existing.sha256 == parsed.sha256:
+                return IndexOutcome("duplicate")
+            if self._on_conflict == "reject":
+                return IndexOutcome("conflict", previous_sha256=existing.sha256)
+            session.add(
+                InstanceVersion(
+                    sop_instance_uid=existing.sop_instance_uid,
+                    version=existing.version,
+                    sha256=existing.sha256,
+                    storage_key=existing.storage_key,
+                    size=existing.size,
+                    received_at=existing.received_at,
+                    superseded_at=now,
+                )
+            )
+            series_pk, new_series = self._series_pk(session, values, now)
+            for key, value in values["instance"].items():
+                setattr(existing, key, value)
+            existing.series_pk = series_pk
+            existing.storage_key = req.storage_key
+            existing.version += 1
+            existing.received_at = now
+            existing.calling_ae = req.source.get("calling_ae", "")[:16]
+            existing.remote_address = req.source.get("remote_address", "")[:64]
+            existing.interface = req.source.get("interface", "")[:16]
+            return IndexOutcome("versioned", new_series=new_series, previous_sha256=existing.sha256)
+        series_pk, new_series = self._series_pk(session, values, now)
+        session.add(
+            Instance(
+                **values["instance"],
+                series_pk=series_pk,
+                storage_key=req.storage_key,
+                version=1,
+                received_at=now,
+                calling_ae=req.source.get("calling_ae", "")[:16],
+                remote_address=req.source.get("remote_address", "")[:64],
+                interface=req.source.get("interface", "")[:16],
+            )
+        )
+        session.flush()
+        return IndexOutcome("stored", new_series=new_series)
+
+    def _series_pk(
+        self, session: Session, values: dict[str, dict[str, Any]], now: datetime
+    ) -> tuple[int, bool]:
+        uid = values["series"]["series_instance_uid"]
+        cached = self._series_cache.get(uid)
+        if cached is not None:
+            return cached, False
+        found = session.scalar(select(Series).where(Series.series_instance_uid == uid))
+        if found is not None:
+            self._series_cache[uid] = found.id
+            return found.id, False
+        study_pk = self._study_pk(session, values, now)
+        pk = _get_or_create(
+            session,
+            Series,
+            Series.series_instance_uid == uid,
+            dict(values["series"], study_pk=study_pk, created_at=now),
+        )
+        self._series_cache[uid] = pk
+        return pk, True
+
+    def _study_pk(self, session: Session, values: dict[str, dict[str, Any]], now: datetime) -> int:
+        uid = values["study"]["study_instance_uid"]
+        cached = self._study_cache.get(uid)
+        if cached is not None:
+            return cached
+        found = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+        if found is None:
+            patient_pk = self._patient_pk(session, values, now)
+            found = _get_or_create(
+                session,
+                Study,
+                Study.study_instance_uid == uid,
+                dict(values["study"], patient_pk=patient_pk, created_at=now),
+            )
+        self._study_cache[uid] = found
+        return found
+
+    def _patient_pk(
+        self, session: Session, values: dict[str, dict[str, Any]], now: datetime
+    ) -> int:
+        pv = values["patient"]
+        key = (pv["patient_id"], pv["issuer_of_patient_id"])
+        cached = self._patient_cache.get(key)
+        if cached is not None:
+            return cached
+        pk = _get_or_create(
+            session,
+            Patient,
+            (Patient.patient_id == key[0]) & (Patient.issuer_of_patient_id == key[1]),
+            dict(pv, created_at=now),
+        )
+        self._patient_cache[key] = pk
+        return pk
+
+
+def _get_or_create(session: Session, model: Any, where: Any, values: dict[str, Any]) -> int:
+    """Primary key of the row matching ``where``, inserting it when absent."""
+    found = session.scalar(select(model.id).where(where))
+    if found is not None:
+        return int(found)
+    try:
+        with session.begin_nested():
+            row = model(**values)
+            session.add(row)
+            session.flush()
+            return int(row.id)
+    except IntegrityError:
+        # Another process created it between our select and insert.
+        found = session.scalar(select(model.id).where(where))
+        if found is None:
+            raise
+        return int(found)
+    except SQLAlchemyError:
+        raise

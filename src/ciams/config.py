@@ -1,0 +1,196 @@
+"""Settings: one typed object, built once at start-up from a TOML file and the environment.
+
+Precedence (highest first): explicit overrides (CLI flags), environment variables
+``CIAMS_<NAME>`` (nested with ``__``, e.g. ``CIAMS_ARCHIVE__ON_CONFLICT``), the config
+file (``--config FILE``, else ``$CIAMS_CONFIG``, else ``<data-dir>/ciams.toml`` when it
+exists), then the defaults below. Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ciams.errors import ConfigError
+
+
+class ArchiveSettings(BaseModel):
+    """Storage and index behaviour."""
+
+    on_conflict: Literal["reject", "version"] = Field(
+        "reject",
+        description=(
+            "Same SOP Instance UID with different bytes: 'reject' keeps the stored one and "
+            "answers a warning/409 (the new bytes go to quarantine); 'version' keeps the "
+            "newer as the current version and records the older one in the history."
+        ),
+    )
+    max_upload_bytes: int = Field(
+        4 * 1024**3, description="Largest accepted HTTP upload (STOW-RS, web) in bytes."
+    )
+    index_batch_max: int = Field(
+        64, description="Most index rows committed in one transaction (group commit)."
+    )
+
+
+class DicomSettings(BaseModel):
+    """DIMSE network service."""
+
+    host: str = Field("127.0.0.1", description="Address the DICOM listener binds to.")
+    port: int = Field(11112, description="DICOM port (0 disables the listener).")
+    ae_title: str = Field("CIAMS", description="Our AE title.")
+    allowed_calling_aes: list[str] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate; empty accepts all (with a warning).",
+    )
+    max_pdu: int = Field(
+        1048576, description="Maximum PDU size we receive; larger means fewer PDUs per image."
+    )
+    network_timeout: float = Field(60.0, description="Seconds before an idle association ends.")
+    max_associations: int = Field(32, description="Concurrent associations accepted.")
+
+
+class HttpSettings(BaseModel):
+    """HTTP service (REST, DICOMweb, web UI)."""
+
+    host: str = Field("127.0.0.1", description="Address the HTTP listener binds to.")
+    port: int = Field(8080, description="HTTP port.")
+    base_url: str = Field("", description="Public base URL, used in RetrieveURL; empty = derived.")
+
+
+class TaskSettings(BaseModel):
+    """Background work (huey)."""
+
+    backend: Literal["embedded", "redis"] = Field(
+        "embedded",
+        description="'embedded' runs a SQLite-backed queue inside the server process; "
+        "'redis' enqueues to Redis, consumed by `ciams worker` processes.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for 'redis'.")
+    workers: int = Field(2, description="Worker threads of the embedded consumer.")
+    series_settle_seconds: float = Field(
+        30.0, description="A series is complete after this long without a new instance."
+    )
+
+
+class Settings(BaseSettings):
+    """All CIAMS settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CIAMS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(Path("data"), description="Folder for storage, index and queue.")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty = SQLite at <data_dir>/index.db (WAL mode)."
+    )
+    log_phi: bool = Field(False, description="Allow patient identifiers in log messages.")
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)  # type: ignore[arg-type]
+    dicom: DicomSettings = Field(default_factory=DicomSettings)  # type: ignore[arg-type]
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    tasks: TaskSettings = Field(default_factory=TaskSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    @property
+    def db_url(self) -> str:
+        """The effective database URL."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_keys() -> set[str]:
+    return {k[len("CIAMS_") :].split("__")[0].lower() for k in os.environ if k.startswith("CIAMS_")}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings object: file < environment < overrides (None values ignored)."""
+    path = config_file or (Path(os.environ["CIAMS_CONFIG"]) if "CIAMS_CONFIG" in os.environ else None)
+    if path is None:
+        data_dir = overrides.get("data_dir") or os.environ.get("CIAMS_DATA_DIR") or "data"
+        candidate = Path(data_dir) / "ciams.toml"
+        path = candidate if candidate.is_file() else None
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    # The environment beats the file; pydantic-settings gives init values precedence, so
+    # drop file keys that the environment sets before merging.
+    env = _env_keys()
+    file_values = {k: v for k, v in file_values.items() if k not in env or isinstance(v, dict)}
+    try:
+        return Settings(**_deep_merge(file_values, clean))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def dump_default() -> str:
+    """A commented default configuration file (TOML)."""
+    lines = ["# CIAMS configuration. Every key can also be set as CIAMS_<KEY> (nested: __).", ""]
+
+    def emit(model: type[BaseModel], prefix: str) -> None:
+        nested: list[tuple[str, type[BaseModel]]] = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                nested.append((name, ann))
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, Path):
+                default = str(default)
+            if field.description:
+                lines.append(f"# {field.description}")
+            lines.append(f"{name} = {_toml_value(default)}")
+            lines.append("")
+        for name, sub in nested:
+            lines.append(f"[{prefix}{name}]")
+            emit(sub, f"{prefix}{name}.")
+
+    emit(Settings, "")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

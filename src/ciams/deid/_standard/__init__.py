@@ -1,0 +1,1 @@
+"""Tables generated from the DICOM standard (do not edit by hand; see ``generate.py``)."""
