@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from ciams.errors import ConfigError
+
+# The config file of the settings being built (pydantic-settings asks for sources per class).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("ciams_config_file", default=None)
 
 
 class ArchiveSettings(BaseModel):
@@ -104,7 +113,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
 
     @property
     def db_url(self) -> str:
@@ -122,42 +135,25 @@ class Settings(BaseSettings):
         return self.data_dir / "quarantine"
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _env_keys() -> set[str]:
-    return {k[len("CIAMS_") :].split("__")[0].lower() for k in os.environ if k.startswith("CIAMS_")}
-
-
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings object: file < environment < overrides (None values ignored)."""
+    """Build the settings: defaults < config file < environment < overrides (None ignored)."""
     path = config_file or (Path(os.environ["CIAMS_CONFIG"]) if "CIAMS_CONFIG" in os.environ else None)
     if path is None:
         data_dir = overrides.get("data_dir") or os.environ.get("CIAMS_DATA_DIR") or "data"
         candidate = Path(data_dir) / "ciams.toml"
         path = candidate if candidate.is_file() else None
-    file_values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            file_values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
     clean = {k: v for k, v in overrides.items() if v is not None}
-    # The environment beats the file; pydantic-settings gives init values precedence, so
-    # drop file keys that the environment sets before merging.
-    env = _env_keys()
-    file_values = {k: v for k, v in file_values.items() if k not in env or isinstance(v, dict)}
+    token = _CONFIG_FILE.set(Path(path) if path else None)
     try:
-        return Settings(**_deep_merge(file_values, clean))
+        return Settings(**clean)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    finally:
+        _CONFIG_FILE.reset(token)
 
 
 def dump_default() -> str:

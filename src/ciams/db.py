@@ -75,3 +75,16 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def new_revision(message: str) -> None:
+    """Autogenerate a migration from the models (developer tool; needs an empty SQLite)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/gen.db"
+        cfg = alembic_config(url)
+        cfg.attributes["autogenerate"] = True
+        engine = make_engine(url)
+        upgrade(engine)
+        command.revision(cfg, message=message, autogenerate=True)

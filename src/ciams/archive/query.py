@@ -231,7 +231,7 @@ def _computed_values(
             stmt = select(Study.patient_pk, func.count(Study.id)).where(
                 Study.patient_pk.in_(ids("PATIENT"))
             ).group_by(Study.patient_pk)
-            out[key] = dict(session.execute(stmt).tuples().all())
+            out[key] = dict(session.execute(stmt).all())
         elif key == "NumberOfPatientRelatedSeries":
             stmt = (
                 select(Study.patient_pk, func.count(Series.id))
@@ -239,7 +239,7 @@ def _computed_values(
                 .where(Study.patient_pk.in_(ids("PATIENT")))
                 .group_by(Study.patient_pk)
             )
-            out[key] = dict(session.execute(stmt).tuples().all())
+            out[key] = dict(session.execute(stmt).all())
         elif key == "NumberOfPatientRelatedInstances":
             stmt = (
                 select(Study.patient_pk, func.count(Instance.id))
@@ -248,12 +248,12 @@ def _computed_values(
                 .where(Study.patient_pk.in_(ids("PATIENT")))
                 .group_by(Study.patient_pk)
             )
-            out[key] = dict(session.execute(stmt).tuples().all())
+            out[key] = dict(session.execute(stmt).all())
         elif key == "NumberOfStudyRelatedSeries":
             stmt = select(Series.study_pk, func.count(Series.id)).where(
                 Series.study_pk.in_(ids("STUDY"))
             ).group_by(Series.study_pk)
-            out[key] = dict(session.execute(stmt).tuples().all())
+            out[key] = dict(session.execute(stmt).all())
         elif key == "NumberOfStudyRelatedInstances":
             stmt = (
                 select(Series.study_pk, func.count(Instance.id))
@@ -261,14 +261,14 @@ def _computed_values(
                 .where(Series.study_pk.in_(ids("STUDY")))
                 .group_by(Series.study_pk)
             )
-            out[key] = dict(session.execute(stmt).tuples().all())
+            out[key] = dict(session.execute(stmt).all())
         elif key in ("ModalitiesInStudy", "SOPClassesInStudy"):
             col = Series.modality if key == "ModalitiesInStudy" else Instance.sop_class_uid
             stmt = select(Series.study_pk, col).distinct().where(Series.study_pk.in_(ids("STUDY")))
             if key == "SOPClassesInStudy":
                 stmt = stmt.join(Instance, Instance.series_pk == Series.id)
             found: dict[int, list[str]] = defaultdict(list)
-            for pk, value in session.execute(stmt).tuples().all():
+            for pk, value in session.execute(stmt).all():
                 if value:
                     found[pk].append(value)
             out[key] = {pk: sorted(v) for pk, v in found.items()}
@@ -276,7 +276,7 @@ def _computed_values(
             stmt = select(Instance.series_pk, func.count(Instance.id)).where(
                 Instance.series_pk.in_(ids("SERIES"))
             ).group_by(Instance.series_pk)
-            out[key] = dict(session.execute(stmt).tuples().all())
+            out[key] = dict(session.execute(stmt).all())
     return out
 
 

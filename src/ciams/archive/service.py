@@ -392,14 +392,14 @@ class Archive:
                     .join(Instance, Instance.series_pk == Series.id)
                     .where(Study.study_instance_uid.in_(uids))
                     .group_by(Study.study_instance_uid)
-                ).tuples().all()
+                ).all()
             )
             created = dict(
                 session.execute(
                     select(Study.study_instance_uid, Study.created_at).where(
                         Study.study_instance_uid.in_(uids)
                     )
-                ).tuples().all()
+                ).all()
             )
         out = [
             StudySummary(
@@ -444,10 +444,10 @@ class Archive:
     def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:
         """Re-hash every stored file against the index: missing, corrupt and orphan files."""
         with self.sessions() as session:
-            rows = session.execute(select(Instance.storage_key, Instance.sha256)).tuples().all()
+            rows = session.execute(select(Instance.storage_key, Instance.sha256)).all()
             rows += session.execute(
                 select(InstanceVersion.storage_key, InstanceVersion.sha256)
-            ).tuples().all()
+            ).all()
         report = FsckReport()
         expected = {key for key, _ in rows}
         for n, (key, sha) in enumerate(rows, 1):

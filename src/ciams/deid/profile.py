@@ -191,6 +191,13 @@ def parse_tags(specs: Iterable[str | int]) -> list[int]:
     return [_tag(s) for s in specs]
 
 
+def _class_like(keyword: str) -> bool:
+    return keyword.endswith(("ClassUID", "SyntaxUID", "CodingSchemeUID")) or keyword in {
+        "ContextUID", "MappingResourceUID", "ContextGroupExtensionCreatorUID",
+        "PrivateInformationCreatorUID", "CodingSchemeUID",
+    }
+
+
 _BASE_CACHE: dict[frozenset[str], tuple[dict[int, int], dict[int, str], frozenset[int]]] = {}
 
 
@@ -210,7 +217,9 @@ def _base(options: frozenset[str]) -> tuple[dict[int, int], dict[int, str], froz
         elif vr == "SQ":
             actions[tag] = RECURSE
         elif vr == "UI":
-            actions[tag] = UID  # engine keeps well-known (class, syntax) UIDs as they are
+            # class-like UIDs name a kind of thing, not an instance; the engine also
+            # keeps any well-known (PS3.6 Annex A) UID value as it is
+            actions[tag] = KEEP if _class_like(keyword) else UID
         elif keyword in SAFE_TEXT_KEYWORDS:
             actions[tag] = KEEP
     # 2. Table E.1-1 overrides
@@ -221,9 +230,7 @@ def _base(options: frozenset[str]) -> tuple[dict[int, int], dict[int, str], froz
         overrides = [act for opt, act in per_option.items() if opt in options]
         act = _resolve(basic, overrides, vr, tag, options)
         actions[tag] = act
-        if act in (REMOVE, EMPTY, DUMMY, UID, SHIFT) and vr in IDENTIFIER_VRS:
-            identifying.add(tag)
-        elif vr == "PN" and act != KEEP:
+        if (act in (REMOVE, EMPTY, DUMMY, UID, SHIFT) and vr in IDENTIFIER_VRS) or (vr == "PN" and act != KEEP):
             identifying.add(tag)
     # 3. what the trial needs in any case
     actions[PATIENT_NAME] = SUBJECT

@@ -5,10 +5,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import ciams.models  # noqa: F401  (registers every domain's tables)
 from ciams.db import Base
 
 config = context.config
+if config.attributes.get("autogenerate"):
+    # Only autogenerate needs every domain's tables; upgrades run the scripts alone,
+    # so starting the archive does not import every domain.
+    import ciams.models  # noqa: F401
 target_metadata = Base.metadata
 
 

@@ -1,0 +1,5 @@
+"""``python -m ciams``."""
+
+from ciams.cli import app
+
+app()

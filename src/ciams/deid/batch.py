@@ -1,0 +1,237 @@
+"""Batch de-identification of files, folders and ZIP archives across processes.
+
+Used by ``ciams deid`` and usable by the site gateway.  Inputs are read in the
+workers (file paths) or handed to them as bytes (ZIP members); each worker builds
+its :class:`~ciams.deid.engine.Deidentifier` once.  Outputs are written under
+generated names (``<subject>/<new SOP Instance UID>.dcm``); anything that cannot be
+de-identified safely goes to ``<output>/quarantine/`` with the original bytes and a
+``<name>.reason.json`` beside it.  Nothing is overwritten: an existing output with
+different content is a conflict and goes to quarantine too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from ciams.deid.engine import Deidentifier
+from ciams.deid.errors import LeakDetectedError
+from ciams.deid.recipe import Recipe
+from ciams.errors import CiamsError
+
+log = logging.getLogger(__name__)
+QUARANTINE = "quarantine"
+CHUNK = 16
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input: a file path, or a member of a ZIP archive."""
+
+    name: str
+    path: str
+    member: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one input."""
+
+    name: str
+    status: str  # deidentified | duplicate | quarantined | skipped
+    output: str = ""
+    reason: str = ""
+    code: str = ""
+    subject: str = ""
+    new_subject: tuple[str, str] | None = None
+    redactions: int = 0
+
+
+@dataclass
+class Summary:
+    """Totals of a batch run."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def quarantined(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "quarantined"]
+
+
+def iter_inputs(source: Path) -> Iterator[Item]:
+    """Every file under ``source`` (a file, a folder or a ``.zip``), ZIP members included."""
+    paths = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for p in paths:
+        rel = p.name if p == source else str(p.relative_to(source))
+        if zipfile.is_zipfile(p) and p.suffix.lower() == ".zip":
+            with zipfile.ZipFile(p) as zf:
+                for info in zf.infolist():
+                    if not info.is_dir():
+                        yield Item(f"{rel}!{info.filename}", str(p), info.filename)
+        else:
+            yield Item(rel, str(p))
+
+
+# -- worker side -----------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(recipe: Recipe, subjects: dict[str, str], secret: bytes, site: str | None,
+                 output: str) -> None:
+    _WORKER["deid"] = Deidentifier(recipe, subjects, secret, site=site)
+    _WORKER["output"] = Path(output)
+
+
+def _read(item: Item) -> bytes:
+    if item.member is None:
+        return Path(item.path).read_bytes()
+    with zipfile.ZipFile(item.path) as zf:
+        return zf.read(item.member)
+
+
+def _write_new(path: Path, data: bytes) -> str:
+    """Write atomically; 'duplicate' if the same bytes exist, 'conflict' if others do."""
+    if path.exists():
+        return "duplicate" if path.read_bytes() == data else "conflict"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+    return "written"
+
+
+def quarantine(output: Path, item: Item, data: bytes, reason: str, code: str,
+               details: dict[str, Any] | None = None) -> str:
+    """Keep the original bytes under ``output/quarantine`` with a reason file."""
+    qdir = output / QUARANTINE
+    qdir.mkdir(parents=True, exist_ok=True)
+    base = Path(item.name.replace("!", "/")).name or "input"
+    target = qdir / base
+    n = 1
+    while target.exists() or target.with_name(target.name + ".reason.json").exists():
+        target = qdir / f"{base}.{n}"
+        n += 1
+    target.write_bytes(data)
+    body = {"source": item.name, "reason": reason, "code": code, **(details or {})}
+    target.with_name(target.name + ".reason.json").write_text(json.dumps(body, indent=2))
+    return str(target.relative_to(output))
+
+
+def process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
+    """De-identify one input and write it (or quarantine it)."""
+    try:
+        data = _read(item)
+    except OSError as exc:
+        return Outcome(item.name, "skipped", reason=f"cannot read: {exc.strerror}")
+    try:
+        ds = dcmread(BytesIO(data), force=True)
+        if "SOPClassUID" not in ds or ("PixelData" not in ds and "SOPInstanceUID" not in ds):
+            raise InvalidDicomError("not a composite instance")
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
+        if data[128:132] == b"DICM" or item.name.lower().endswith(".dcm"):
+            where = quarantine(output, item, data, f"unreadable DICOM: {exc}", "deid-unreadable")
+            return Outcome(item.name, "quarantined", where, f"unreadable DICOM: {exc}",
+                           "deid-unreadable")
+        return Outcome(item.name, "skipped", reason="not DICOM")
+    if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":
+        return Outcome(item.name, "skipped", reason="DICOMDIR (rebuilt, not copied)")
+    try:
+        result = deid.deidentify(ds)
+    except LeakDetectedError as exc:
+        details = {"leaks": [{"where": x.where, "kind": x.kind} for x in exc.leaks]}
+        where = quarantine(output, item, data, exc.message, exc.code, details)
+        return Outcome(item.name, "quarantined", where, exc.message, exc.code)
+    except CiamsError as exc:
+        where = quarantine(output, item, data, str(exc), exc.code)
+        return Outcome(item.name, "quarantined", where, exc.message, exc.code)
+    except Exception as exc:  # a broken file must not stop the batch
+        log.debug("de-identification failed", exc_info=True)
+        reason = f"cannot de-identify: {type(exc).__name__}: {exc}"
+        where = quarantine(output, item, data, reason, "deid-error")
+        return Outcome(item.name, "quarantined", where, reason, "deid-error")
+    assert result.data is not None
+    state = _write_new(output / result.filename, result.data)
+    if state == "conflict":
+        reason = f"{result.filename} exists with different content"
+        where = quarantine(output, item, data, reason, "deid-conflict")
+        return Outcome(item.name, "quarantined", where, reason, "deid-conflict")
+    pid = str(ds.get("PatientID", ""))
+    new = None
+    if result.new_subject:
+        new = next(((p, s) for p, s in deid.new_subjects.items() if s == result.subject_id),
+                   (pid, result.subject_id))
+    return Outcome(item.name, "deidentified" if state == "written" else "duplicate",
+                   result.filename, subject=result.subject_id, new_subject=new,
+                   redactions=len(result.redactions))
+
+
+def _run_chunk(items: list[Item]) -> list[Outcome]:
+    deid: Deidentifier = _WORKER["deid"]
+    output: Path = _WORKER["output"]
+    return [process_item(deid, output, it) for it in items]
+
+
+def run_batch(
+    source: Path,
+    output: Path,
+    recipe: Recipe,
+    subjects: dict[str, str],
+    secret: bytes,
+    *,
+    jobs: int = 0,
+    site: str | None = None,
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """De-identify everything under ``source`` into ``output``; ``jobs=0`` = all cores."""
+    items = list(iter_inputs(source))
+    if on_total:
+        on_total(len(items))
+    output.mkdir(parents=True, exist_ok=True)
+    jobs = jobs or os.cpu_count() or 1
+    summary = Summary()
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    init_args = (recipe, subjects, secret, site, str(output))
+    if jobs == 1 or len(chunks) <= 1:
+        _init_worker(*init_args)
+        for chunk in chunks:
+            done = _run_chunk(chunk)
+            summary.outcomes.extend(done)
+            if on_progress:
+                on_progress(len(done))
+        return summary
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
+                             initargs=init_args) as pool:
+        pending: set[Future[list[Outcome]]] = set()
+        queue = iter(chunks)
+        for chunk in queue:
+            pending.add(pool.submit(_run_chunk, chunk))
+            if len(pending) >= jobs * 4:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done = fut.result()
+                summary.outcomes.extend(done)
+                if on_progress:
+                    on_progress(len(done))
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_run_chunk, nxt))
+    return summary

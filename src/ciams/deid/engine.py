@@ -1,0 +1,500 @@
+"""The de-identification engine: one :class:`Deidentifier` per trial recipe.
+
+It applies the compiled PS3.15 Annex E profile (see :mod:`ciams.deid.profile`)
+recursively to every sequence level, replaces Patient's Name and Patient ID by
+the trial subject code, remaps UIDs (:mod:`ciams.deid.uids`), shifts dates
+(:mod:`ciams.deid.dates`), cleans descriptors, redacts pixels
+(:mod:`ciams.deid.pixels`), stamps the De-identification Method attributes
+(PS3.3 C.7.1.1, CID 7050) and finally runs the leak guard on the serialized
+output (:mod:`ciams.deid.leaks`).
+
+Elements that are kept are never decoded: pydicom's raw elements are written back
+as read, which keeps the engine fast and the output byte-faithful.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from ciams.deid import pixels as pixel_ops
+from ciams.deid._standard.annex_e import EDITION
+from ciams.deid.dates import age_string, offset_days, shift_da, shift_dt
+from ciams.deid.errors import Leak, LeakDetectedError, UnknownSubjectError
+from ciams.deid.leaks import LeakScanner, header_bytes, identifier_tokens, serialize, value_bytes
+from ciams.deid.profile import (
+    AGE,
+    CLEAN,
+    DUMMY,
+    DUMMY_SQ,
+    EMPTY,
+    KEEP,
+    OPTION_CODES,
+    PATIENT_AGE,
+    RECURSE,
+    REMOVE,
+    SHIFT,
+    SUBJECT,
+    UID,
+    CompiledProfile,
+    Option,
+    compile_profile,
+)
+from ciams.deid.recipe import MATCH_KEYS, Recipe, Rule, default_recipe
+from ciams.deid.uids import UidMapper, derive_int
+
+log = logging.getLogger(__name__)
+
+DUMMIES: dict[str, Any] = {
+    "PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "ST": "ANONYMIZED",
+    "LT": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED",
+    "AE": "ANONYMIZED", "DA": "19000101", "DT": "19000101000000", "TM": "000000",
+    "AS": "000Y", "DS": "0", "IS": "0", "UR": "", "US": 0, "SS": 0, "UL": 0, "SL": 0,
+    "UV": 0, "SV": 0, "FL": 0.0, "FD": 0.0, "OB": b"\0\0", "OW": b"\0\0", "UN": b"\0\0",
+    "OF": b"\0\0\0\0", "OD": b"\0" * 8, "OL": b"\0\0\0\0", "OV": b"\0" * 8, "AT": 0,
+}
+CODE_VALUE, CODE_MEANING, LONG_CODE_VALUE = 0x00080100, 0x00080104, 0x00080119
+BIRTH_DATE = 0x00100030
+REFERENCE_DATES = (0x00080020, 0x00080021, 0x00080022, 0x00080023)
+BURNED_IN = 0x00280301
+IMPLEMENTATION_VERSION = "CIAMS_DEID_1"
+#: Implementation Class UID of the CIAMS de-identifier (PS3.7 D.3.3.2), under 2.25.
+IMPLEMENTATION_UID = "2.25.147151595034982586039724809798337388800"
+#: Fragments removed from cleaned text (dates, long numbers) besides source identifiers.
+CLEAN_PATTERNS = re.compile(
+    r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b|\b\d{5,}\b"
+    r"|[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+"
+)
+
+
+@dataclass
+class Redaction:
+    """A blanked pixel rectangle; ``source`` is ``rule:<name>`` or ``ocr``."""
+
+    frame: int | None
+    x: int
+    y: int
+    width: int
+    height: int
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "x": self.x, "y": self.y, "width": self.width,
+                "height": self.height, "source": self.source}
+
+
+@dataclass
+class DeidResult:
+    """What :meth:`Deidentifier.deidentify` produced for one instance."""
+
+    dataset: Dataset
+    filename: str
+    subject_id: str
+    new_subject: bool = False
+    data: bytes | None = None
+    actions: Counter[str] = field(default_factory=Counter)
+    redactions: list[Redaction] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    leaks: list[Leak] = field(default_factory=list)
+
+
+@dataclass
+class _Context:
+    """Per-instance state of one run through the dataset."""
+
+    subject: str
+    days: int
+    identifiers: dict[bytes, tuple[int, bool]] = field(default_factory=dict)
+    to_clean: list[tuple[Dataset, int, str]] = field(default_factory=list)
+    counts: Counter[int] = field(default_factory=Counter)
+
+
+class Deidentifier:
+    """De-identifies datasets for one trial recipe.
+
+    Parameters
+    ----------
+    recipe:
+        the trial recipe (default: :func:`default_recipe`).
+    subjects:
+        ``patient_id -> subject_id`` map.
+    secret:
+        the trial secret keying UID remapping, date shifts and generated codes;
+        the same secret gives the same results across runs and sites.
+    site:
+        the site code, matched by recipe rules with ``match: {site: ...}``.
+
+    Examples
+    --------
+    >>> from pydicom import Dataset
+    >>> ds = Dataset(); ds.PatientName = "DOE^JANE"; ds.PatientID = "123456"
+    >>> ds.PatientSex = "F"; ds.SOPInstanceUID = "1.2.3.4"; ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    >>> result = Deidentifier(None, {"123456": "LOCAT-0001"}, b"trial-secret").deidentify(ds)
+    >>> str(result.dataset.PatientName), result.dataset.PatientSex, result.dataset.PatientIdentityRemoved
+    ('LOCAT-0001', 'F', 'YES')
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe | None,
+        subjects: Mapping[str, str] | None,
+        secret: bytes,
+        *,
+        site: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.recipe = recipe or default_recipe()
+        self.subjects = dict(subjects or {})
+        self.secret = secret
+        self.site = site or ""
+        self.verify = verify
+        self.uids = UidMapper(secret, self.recipe.uid_root)
+        self._profiles: dict[tuple[int, ...], CompiledProfile] = {}
+        self._base = self._profile(())
+        self.new_subjects: dict[str, str] = {}
+        self._method = self._method_values()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _profile(self, rules: tuple[Rule, ...]) -> CompiledProfile:
+        key = tuple(id(r) for r in rules)
+        prof = self._profiles.get(key)
+        if prof is None:
+            r = self.recipe
+            prof = compile_profile(
+                r.options,
+                keep=[*r.keep, *(k for rule in rules for k in rule.keep)],
+                remove=[*r.remove, *(k for rule in rules for k in rule.remove)],
+                keep_overlays=r.keep_overlays,
+                keep_curves=r.keep_curves,
+                safe_private=r.safe_private,
+            )
+            self._profiles[key] = prof
+        return prof
+
+    def _method_values(self) -> list[str]:
+        opts = "+".join(sorted(OPTION_CODES[o][0] for o in self._base.options))
+        return [f"CIAMS deid {self.recipe.label}"[:64], f"PS3.15-{EDITION} 113100 {opts}"[:64]]
+
+    def subject_for(self, patient_id: str) -> tuple[str, bool]:
+        """The subject code for a patient ID; ``(code, newly_generated)``."""
+        code = self.subjects.get(patient_id)
+        if code:
+            return code, False
+        if self.recipe.unknown_subject != "generate":
+            raise UnknownSubjectError("the patient is not in the subject map")
+        code = self.new_subjects.get(patient_id)
+        if code is None:
+            n = derive_int(self.secret, "subject", patient_id) % 36**8
+            digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+            text = "".join(digits[(n // 36**i) % 36] for i in range(7, -1, -1))
+            code = f"{self.recipe.subject_prefix}{text}"
+            self.new_subjects[patient_id] = code
+        return code, True
+
+    # -- the run -------------------------------------------------------------------------------
+    def deidentify(self, ds: Dataset) -> DeidResult:
+        """De-identify ``ds`` in place and return the result.
+
+        Raises :class:`UnknownSubjectError`, :class:`LeakDetectedError` (the result is
+        attached as ``exc.result``) or :class:`~ciams.deid.errors.PixelRedactionError`.
+        """
+        pid = str(ds.get("PatientID", "") or "").strip()
+        subject, new = self.subject_for(pid)
+        match_values = self._match_values(ds)
+        rules = self.recipe.matching_rules(match_values)
+        profile = self._profile(rules)
+        lo, hi = self.recipe.date_shift_days
+        ctx = _Context(subject=subject, days=offset_days(self.secret, subject, lo, hi))
+        birth = _text(ds, BIRTH_DATE)
+        reference = next((v for v in (_text(ds, t) for t in REFERENCE_DATES) if v), None)
+        burned_in = _text(ds, BURNED_IN)
+        self._walk(ds, profile, ctx)
+        for item, tag, vr in ctx.to_clean:
+            self._clean(item, tag, vr, ctx)
+        result = DeidResult(dataset=ds, filename="", subject_id=subject, new_subject=new)
+        result.rules = [r.name for r in rules]
+        if PATIENT_AGE in profile.actions and profile.actions[PATIENT_AGE] in (AGE, KEEP):
+            current = _text(ds, PATIENT_AGE)
+            if not current or not re.fullmatch(r"\d{3}[DWMY]", current):
+                age = age_string(birth, reference)
+                if age:
+                    ds.PatientAge = age
+                elif PATIENT_AGE in ds:
+                    del ds[PATIENT_AGE]
+        pixel_cleaned = self._pixels(ds, match_values, burned_in, rules, result)
+        self._stamp(ds, profile, subject, pixel_cleaned)
+        result.filename = f"{subject}/{ds.SOPInstanceUID}.dcm" if "SOPInstanceUID" in ds \
+            else f"{subject}/{self.uids(str(id(ds)))}.dcm"
+        result.actions = Counter({_NAMES[k]: v for k, v in ctx.counts.items()})
+        if self.verify:
+            self._verify(ds, ctx, profile, result)
+        else:
+            result.data = serialize(ds)
+        return result
+
+    def _match_values(self, ds: Dataset) -> dict[str, str]:
+        values = {"site": self.site}
+        for key, tag in MATCH_KEYS.items():
+            if tag is None:
+                continue
+            if key in ("Rows", "Columns"):
+                values[key] = str(ds[tag].value) if tag in ds else ""
+            else:
+                values[key] = _text(ds, tag) or ""
+        return values
+
+    def _walk(self, ds: Dataset, profile: CompiledProfile, ctx: _Context) -> None:
+        actions = profile.actions
+        vrs = profile.vrs
+        ident = profile.identifying
+        counts = ctx.counts
+        for tag in list(ds.keys()):
+            t = int(tag)
+            act = actions.get(t)
+            if act is None:
+                act = self._private_or_unknown(ds, t, profile)
+            counts[act] += 1
+            if act == KEEP:
+                continue
+            elem = ds.get_item(tag)
+            vr = elem.VR
+            if vr is None or vr == "UN":  # implicit VR, or explicit UN for a known tag
+                vr = vrs.get(t) or "UN"
+            if t in ident and vr != "SQ":
+                raw = value_bytes(elem)
+                if raw:
+                    for tok, comp in identifier_tokens(t, vr, raw):
+                        ctx.identifiers.setdefault(tok, (t, comp))
+            if act == REMOVE:
+                if vr == "SQ" or (vr == "UN" and isinstance(elem, RawDataElement) and
+                                  elem.value is None):
+                    self._collect(ds[tag].value if vr == "SQ" else [], profile, ctx)
+                del ds[tag]
+            elif act == RECURSE or act == DUMMY_SQ:
+                seq = ds[tag].value
+                if act == DUMMY_SQ and any(
+                    CODE_VALUE in item or CODE_MEANING in item or LONG_CODE_VALUE in item
+                    for item in seq
+                ):
+                    self._collect(seq, profile, ctx)
+                    ds[tag] = DataElement(t, "SQ", Sequence([_dummy_code()]))
+                else:
+                    for item in seq:
+                        self._walk(item, profile, ctx)
+            elif act == EMPTY:
+                if vr == "SQ":
+                    self._collect(ds[tag].value, profile, ctx)
+                    ds[tag] = DataElement(t, "SQ", Sequence())
+                else:
+                    ds[tag] = DataElement(t, vr, None)
+            elif act == UID:
+                raw = value_bytes(elem)
+                if raw:
+                    new = self.uids.map_value(raw.decode("ascii", "replace"))
+                    ds[tag] = DataElement(t, "UI", new)
+            elif act == SUBJECT:
+                ds[tag] = DataElement(t, vr, ctx.subject)
+            elif act == SHIFT:
+                self._shift(ds, t, vr, elem, ctx.days)
+            elif act == CLEAN:
+                ctx.to_clean.append((ds, t, vr))
+            elif act == DUMMY:
+                if vr == "SQ":
+                    for item in ds[tag].value:
+                        self._walk(item, profile, ctx)
+                else:
+                    ds[tag] = DataElement(t, vr, DUMMIES.get(vr, b"\0\0"))
+
+    def _private_or_unknown(self, ds: Dataset, t: int, profile: CompiledProfile) -> int:
+        group = t >> 16
+        if group & 1 and profile.safe_private:
+            elem_no = t & 0xFFFF
+            if 0x10 <= elem_no <= 0xFF:  # a private creator: kept if its block keeps anything
+                creator = str(ds[t].value).strip().upper()
+                return KEEP if any(c == creator and (k >> 8) == group
+                                   for c, k in profile.safe_private) else REMOVE
+            if elem_no >= 0x1000:
+                creator_elem = ds.get((group, elem_no >> 8))
+                creator = str(creator_elem.value).strip().upper() if creator_elem else ""
+                if (creator, group << 8 | (elem_no & 0xFF)) in profile.safe_private:
+                    return KEEP
+            return REMOVE
+        act = profile.action(t)
+        if act == KEEP and (0x6000 <= group <= 0x601E or 0x5000 <= group <= 0x501E):
+            vr = ds.get_item(t).VR
+            if vr in ("LO", "SH", "ST", "LT", "UT"):
+                # overlay/curve comments, descriptions and labels are free text (E.3.3)
+                return CLEAN if Option.CLEAN_GRAPHICS in profile.options else REMOVE
+        return act
+
+    def _collect(self, items: Sequence | list[Dataset], profile: CompiledProfile,
+                 ctx: _Context) -> None:
+        """Record identifying values inside a sequence being removed or replaced."""
+        for item in items:
+            for tag in list(item.keys()):
+                t = int(tag)
+                elem = item.get_item(tag)
+                vr = elem.VR if elem.VR not in (None, "UN") else profile.vrs.get(t) or "UN"
+                if vr == "SQ":
+                    self._collect(item[tag].value, profile, ctx)
+                elif t in profile.identifying:
+                    raw = value_bytes(elem)
+                    if raw:
+                        for tok, comp in identifier_tokens(t, vr, raw):
+                            ctx.identifiers.setdefault(tok, (t, comp))
+
+    def _shift(self, ds: Dataset, t: int, vr: str, elem: DataElement | RawDataElement,
+               days: int) -> None:
+        raw = value_bytes(elem)
+        if not raw:
+            return
+        text = raw.decode("ascii", "replace").strip("\0 ")
+        if vr == "DA":
+            ds[t] = DataElement(t, "DA", shift_da(text, days) or None)
+        elif vr == "DT":
+            ds[t] = DataElement(t, "DT", shift_dt(text, days) or None)
+        # TM: a shift by whole days leaves times of day unchanged
+
+    def _clean(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
+        """C on text: remove source identifiers, dates, long numbers and e-mail addresses."""
+        elem = ds[t]
+        value = elem.value
+        if value is None or isinstance(value, bytes | Sequence):
+            if isinstance(value, bytes) and value:
+                ds[t] = DataElement(t, vr, None)
+            return
+        text = "\\".join(str(v) for v in value) if not isinstance(value, str) and hasattr(
+            value, "__iter__") else str(value)
+        cleaned = CLEAN_PATTERNS.sub("", text)
+        if ctx.identifiers:
+            for token in sorted(ctx.identifiers, key=len, reverse=True):
+                word = token.decode("utf-8", "ignore")
+                if word:
+                    cleaned = re.sub(r"(?<![A-Za-z0-9])" + re.escape(word) + r"(?![A-Za-z0-9])",
+                                     "", cleaned, flags=re.IGNORECASE)
+        cleaned = re.sub(r"\s{2,}", " ", cleaned).strip()
+        if cleaned != text:
+            ds[t] = DataElement(t, vr, cleaned or None)
+
+    def _pixels(self, ds: Dataset, values: dict[str, str], burned_in: str | None,
+                rules: tuple[Rule, ...], result: DeidResult) -> bool:
+        regions = [(rule.name, reg) for rule in (*rules, *self.recipe.matching_regions(values))
+                   for reg in rule.regions]
+        ocr = pixel_ops.wants_ocr(ds, self.recipe, burned_in, rules)
+        if not regions and not ocr:
+            return False
+        boxes = pixel_ops.redact(ds, regions, ocr=ocr, recipe=self.recipe)
+        result.redactions.extend(Redaction(*b) for b in boxes)
+        return True
+
+    def _stamp(self, ds: Dataset, profile: CompiledProfile, subject: str,
+               pixel_cleaned: bool) -> None:
+        """De-identification attributes (PS3.3 C.7.1.1) and regenerated file meta."""
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self._method
+        codes = ["basic", *sorted(profile.options)]
+        if pixel_cleaned:
+            codes.insert(1, "clean_pixel_data")
+            ds.BurnedInAnnotation = "NO"
+        items = []
+        for key in codes:
+            value, meaning = OPTION_CODES[key]
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning[:64]
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        if Option.RETAIN_LONG_MODIFIED_DATES in profile.options:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        elif Option.RETAIN_LONG_FULL_DATES in profile.options:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+        trial = self.recipe.trial
+        if trial.get("sponsor") and trial.get("protocol_id"):
+            ds.ClinicalTrialSponsorName = trial["sponsor"][:64]
+            ds.ClinicalTrialProtocolID = trial["protocol_id"][:64]
+            ds.ClinicalTrialProtocolName = trial.get("protocol_name", "")[:64] or None
+            ds.ClinicalTrialSiteID = (self.site or trial.get("site_id", ""))[:64] or None
+            ds.ClinicalTrialSiteName = None
+            ds.ClinicalTrialSubjectID = subject
+        self._file_meta(ds)
+
+    def _file_meta(self, ds: Dataset) -> None:
+        old = getattr(ds, "file_meta", None)
+        syntax = old.get("TransferSyntaxUID") if old is not None else None
+        if syntax is None:
+            implicit, little = getattr(ds, "original_encoding", (None, None))
+            if implicit is True:
+                syntax = ImplicitVRLittleEndian
+            elif little is False:
+                syntax = ExplicitVRBigEndian
+            else:
+                syntax = ExplicitVRLittleEndian
+        implicit = getattr(ds, "original_encoding", (None, None))[0]
+        if implicit is True and not syntax.is_implicit_VR:
+            for _ in ds.iterall():  # decode raw implicit elements so they get their VR
+                pass
+        meta = pixel_ops.new_file_meta()
+        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
+        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or self.uids(str(id(ds)))
+        meta.TransferSyntaxUID = syntax
+        meta.ImplementationClassUID = IMPLEMENTATION_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        ds.file_meta = meta
+
+    def _verify(self, ds: Dataset, ctx: _Context, profile: CompiledProfile,
+                result: DeidResult) -> None:
+        ignore = [ctx.subject.encode(), *(v.encode() for v in self._method),
+                  IMPLEMENTATION_UID.encode(), IMPLEMENTATION_VERSION.encode()]
+        scanner = LeakScanner(
+            ctx.identifiers, patterns=self.recipe.leak_patterns, ignore=ignore,
+            dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
+        )
+        data = serialize(ds)
+        result.data = data
+        if scanner.scan_bytes(header_bytes(data, ds)):
+            leaks = scanner.locate(ds)
+            if leaks:
+                result.leaks = leaks
+                exc = LeakDetectedError(
+                    f"identifying values remain after de-identification: "
+                    f"{'; '.join(str(x) for x in leaks[:5])}", leaks)
+                exc.result = result  # type: ignore[attr-defined]
+                raise exc
+
+
+_NAMES = {KEEP: "keep", REMOVE: "remove", EMPTY: "empty", DUMMY: "dummy", UID: "uid",
+          CLEAN: "clean", SHIFT: "shift", RECURSE: "recurse", DUMMY_SQ: "dummy-sequence",
+          SUBJECT: "subject", AGE: "age"}
+
+
+def _text(ds: Dataset, tag: int) -> str | None:
+    if tag not in ds:
+        return None
+    raw = value_bytes(ds.get_item(tag))
+    if not raw:
+        return None
+    return raw.decode("ascii", "replace").strip("\0 ") or None
+
+
+def _dummy_code() -> Dataset:
+    item = Dataset()
+    item.CodeValue = "ANON"
+    item.CodingSchemeDesignator = "99CIAMS"
+    item.CodeMeaning = "anonymized"
+    return item

@@ -1,0 +1,198 @@
+"""C-MOVE and C-GET service class providers (PS3.4 C.4.2, C.4.3).
+
+pynetdicom runs the C-STORE sub-operations and the pending/final responses; the
+handlers here select the instances, propose presentation contexts for a C-MOVE
+destination and hand over each stored instance as it was received, decompressed
+only when the peer did not accept its stored transfer syntax.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext, build_context
+
+from ciams.archive import Archive, InstanceRef
+from ciams.errors import (
+    DIMSE_UNABLE_TO_PROCESS,
+    CiamsError,
+    UnknownDestinationError,
+)
+from ciams.net.query import model_of, retrieve_refs
+from ciams.net.registry import AERegistry
+from ciams.net.status import query_error_status, status
+
+log = logging.getLogger(__name__)
+
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+MAX_CONTEXTS = 128  # presentation contexts per association (PS3.8 9.3.2.2, odd IDs 1-255)
+
+Handler = Callable[[Event], None]
+
+
+def _fail_early(assoc: Association, reply: Dataset) -> None:
+    """Make the next C-MOVE/C-GET response on ``assoc`` carry ``reply``'s Status and
+    Error Comment.
+
+    pynetdicom builds the early failure responses itself (A801 for C-MOVE, a zero
+    sub-operation success for C-GET) and offers no hook to add an Error Comment, so
+    the one response it sends next is amended on its way out.
+    """
+    dimse = assoc.dimse
+    original = dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if isinstance(primitive, C_MOVE | C_GET):
+            dimse.send_msg = original  # type: ignore[method-assign]
+            primitive.Status = int(reply.Status)
+            if "ErrorComment" in reply:
+                primitive.ErrorComment = str(reply.ErrorComment)
+        original(primitive, context_id)
+
+    dimse.send_msg = send_msg  # type: ignore[method-assign]
+
+
+def accepted_pairs(assoc: Association) -> set[tuple[str, str]]:
+    """(SOP class, transfer syntax) pairs we may send C-STORE requests on."""
+    return {
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+        for cx in assoc.accepted_contexts
+        if cx.as_scu and cx.transfer_syntax
+    }
+
+
+def load_for_send(archive: Archive, ref: InstanceRef, accepted: set[tuple[str, str]]) -> Dataset:
+    """The stored instance, ready for a C-STORE sub-operation on ``accepted`` contexts."""
+    ds = pydicom.dcmread(BytesIO(archive.read(ref)))
+    stored = UID(ref.transfer_syntax_uid)
+    if (ref.sop_class_uid, stored) in accepted or not stored.is_compressed:
+        # Uncompressed syntaxes are converted by pynetdicom as the context needs.
+        return ds
+    # The peer cannot take the stored compressed syntax. It asked for this very
+    # instance, so the SOP Instance UID is kept (the pixels are not changed further).
+    ds.decompress(generate_instance_uid=False)
+    return ds
+
+
+def _unsendable(ref: InstanceRef) -> Dataset:
+    """A stand-in for an instance that cannot be read: pynetdicom fails to send it
+    and so counts a failed sub-operation with this SOP Instance UID."""
+    ds = Dataset()
+    ds.SOPClassUID = ref.sop_class_uid
+    ds.SOPInstanceUID = ref.sop_instance_uid
+    return ds
+
+
+def _sub_operations(
+    archive: Archive,
+    refs: list[InstanceRef],
+    event: Event,
+    accepted: Callable[[], set[tuple[str, str]]],
+) -> Iterator[tuple[int, Dataset | None]]:
+    """(status, dataset) for each sub-operation, stopping on C-CANCEL."""
+    pairs: set[tuple[str, str]] | None = None
+    for ref in refs:
+        if event.is_cancelled:
+            yield STATUS_CANCEL, None
+            return
+        if pairs is None:
+            pairs = accepted()
+        try:
+            ds = load_for_send(archive, ref, pairs)
+        except Exception:  # one unreadable instance must not end the retrieve
+            log.exception("cannot prepare instance %s for sending", ref.storage_key)
+            ds = _unsendable(ref)
+        yield STATUS_PENDING, ds
+
+
+def destination_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
+    """Contexts to propose to a C-MOVE destination: each SOP class with its stored
+    transfer syntax first, then Explicit and Implicit VR Little Endian."""
+    pairs = list(dict.fromkeys((r.sop_class_uid, r.transfer_syntax_uid) for r in refs))
+    if len(pairs) > MAX_CONTEXTS:
+        # Too many pairs: one context per SOP class with all its stored syntaxes.
+        by_class: dict[str, list[str]] = {}
+        for sop, ts in pairs:
+            by_class.setdefault(sop, []).append(ts)
+        groups = list(by_class.items())[:MAX_CONTEXTS]
+    else:
+        groups = [(sop, [ts]) for sop, ts in pairs]
+    contexts = []
+    for sop, syntaxes in groups:
+        wanted = [*syntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        contexts.append(build_context(sop, list(dict.fromkeys(wanted))))
+    return contexts
+
+
+def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
+    """EVT_C_GET: send the selected instances over the requestor's association."""
+    try:
+        model = model_of(event.request.AffectedSOPClassUID)
+        refs = retrieve_refs(archive, event.identifier, model)
+    except CiamsError as exc:
+        _fail_early(event.assoc, query_error_status(exc))
+        yield 0
+        return
+    except Exception:  # report, keep the association serving
+        log.exception("C-GET request failed")
+        _fail_early(event.assoc, status(DIMSE_UNABLE_TO_PROCESS, "internal error, see server log"))
+        yield 0
+        return
+    yield len(refs)
+    yield from _sub_operations(archive, refs, event, lambda: accepted_pairs(event.assoc))
+
+
+def handle_move(
+    event: Event,
+    archive: Archive,
+    registry: AERegistry,
+    sub_handlers: list[Any],
+    max_pdu: int,
+) -> Iterator[Any]:
+    """EVT_C_MOVE: open an association to the registered destination and send the
+    selected instances there."""
+    title = str(event.request.MoveDestination or "").strip()
+    try:
+        destination = registry.get(title)
+        if destination is None:
+            raise UnknownDestinationError(f"move destination {title!r} is not registered")
+        model = model_of(event.request.AffectedSOPClassUID)
+        refs = retrieve_refs(archive, event.identifier, model)
+    except CiamsError as exc:
+        reply = query_error_status(exc)
+        _fail_early(event.assoc, reply)
+        yield None, None
+        return
+    except Exception:  # report, keep the association serving
+        log.exception("C-MOVE request failed")
+        _fail_early(event.assoc, status(DIMSE_UNABLE_TO_PROCESS, "internal error, see server log"))
+        yield None, None
+        return
+    store_assocs: list[Association] = []
+
+    def remember(sub: Event) -> None:
+        store_assocs.append(sub.assoc)
+
+    kwargs = {
+        "contexts": destination_contexts(refs),
+        "evt_handlers": [*sub_handlers, (evt.EVT_CONN_OPEN, remember)],
+        "max_pdu": max_pdu,
+    }
+    yield destination.host, destination.port, kwargs
+    yield len(refs)
+
+    def accepted() -> set[tuple[str, str]]:
+        return accepted_pairs(store_assocs[0]) if store_assocs else set()
+
+    yield from _sub_operations(archive, refs, event, accepted)

@@ -1,0 +1,224 @@
+"""The DICOM listener: Verification, Storage and Query/Retrieve service class providers.
+
+Services (PS3.4): Verification (A), Storage SCP for every storage SOP class (B),
+Patient Root and Study Root Query/Retrieve FIND, MOVE and GET (C). Associations
+from calling AE titles outside ``settings.dicom.allowed_calling_aes`` are rejected
+with "calling AE title not recognized" (PS3.8 9.3.4, result 1, source 1, reason 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ciams.archive import Archive
+from ciams.config import Settings
+from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsError, ConfigError
+from ciams.net.query import MODELS, model_of, parse_find
+from ciams.net.registry import AERegistry
+from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
+from ciams.net.status import query_error_status, status, store_status
+
+log = logging.getLogger(__name__)
+
+# Received as offered, stored as received (PS3.5 Section 10 and Annex A).
+STORAGE_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+QUERY_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+
+
+def no_delay(event: Event) -> None:
+    """EVT_CONN_OPEN: disable Nagle's algorithm. A C-STORE response is one small
+    PDU; with Nagle on it waits for the peer's delayed ACK (up to 40 ms) before
+    leaving, which caps a single association at a few dozen instances a second."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        log.debug("cannot set TCP_NODELAY", exc_info=True)
+
+
+class DicomServer:
+    """The archive's DIMSE side, started and stopped with the server process."""
+
+    def __init__(self, archive: Archive, settings: Settings) -> None:
+        self.archive = archive
+        self.settings = settings
+        self.registry = AERegistry(archive.sessions)
+        self._ae: AE | None = None
+        self._server: ThreadedAssociationServer | None = None
+        self.port = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _make_ae(self) -> AE:
+        cfg = self.settings.dicom
+        try:
+            ae = AE(ae_title=cfg.ae_title)
+            ae.require_calling_aet = list(cfg.allowed_calling_aes)
+        except ValueError as exc:
+            raise ConfigError(f"invalid DICOM AE title setting: {exc}") from exc
+        ae.maximum_pdu_size = cfg.max_pdu
+        ae.network_timeout = cfg.network_timeout
+        ae.maximum_associations = cfg.max_associations
+        ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            # Both roles: a C-GET requestor proposes the SCP role for the storage
+            # classes it wants to receive (PS3.4 C.4.3, SCP/SCU role selection).
+            ae.add_supported_context(
+                cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            )
+        for uid in MODELS:
+            ae.add_supported_context(uid, QUERY_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self) -> int:
+        """Listen on ``settings.dicom.host``/``port`` in background threads; returns the
+        bound port (port 0 picks a free one)."""
+        if self._server is not None:
+            return self.port
+        cfg = self.settings.dicom
+        ae = self._make_ae()
+        # pynetdicom logs whole query identifiers (patient names, IDs) at INFO level.
+        _config.LOG_REQUEST_IDENTIFIERS = self.settings.log_phi
+        if not cfg.allowed_calling_aes:
+            log.warning(
+                "dicom.allowed_calling_aes is empty: associations from any calling AE "
+                "title are accepted"
+            )
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+        ]
+        try:
+            server = ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for DICOM on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+                hint="choose another dicom.port or stop the program using it",
+            ) from exc
+        assert server is not None  # non-blocking start returns the server
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            # pynetdicom's standard notification handlers format every PDU and DIMSE
+            # message for debug logging; unbound, they cost nothing per instance.
+            for event in (
+                evt.EVT_PDU_RECV,
+                evt.EVT_PDU_SENT,
+                evt.EVT_DIMSE_RECV,
+                evt.EVT_DIMSE_SENT,
+            ):
+                for handler, _args in list(server.get_handlers(event)):  # type: ignore[union-attr]
+                    server.unbind(event, handler)
+        self._ae, self._server = ae, server
+        self.port = int(server.server_address[1])
+        log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        """Stop listening and abort open associations."""
+        if self._ae is not None:
+            self._ae.shutdown()
+        self._ae, self._server = None, None
+
+    # -- service handlers (each maps its outcome to a status in ciams.net.status) ------
+
+    def _on_store(self, event: Event) -> Dataset:
+        """EVT_C_STORE: ingest the bytes as received, never decoding the data set."""
+        try:
+            requestor = event.assoc.requestor
+            result = self.archive.ingest(
+                event.encoded_dataset(),
+                {
+                    "interface": "dimse",
+                    "calling_ae": requestor.ae_title,
+                    "remote_address": requestor.address,
+                },
+            )
+        except Exception:  # answer a status; the association goes on
+            log.exception("C-STORE failed unexpectedly")
+            return status(DIMSE_OUT_OF_RESOURCES, "internal error, see server log")
+        if not result.ok:
+            log.warning(
+                "C-STORE %s (%s), quarantine entry %s",
+                result.status,
+                result.error.code if result.error else "-",
+                result.quarantine_id or "-",
+            )
+        return store_status(result)
+
+    def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        """EVT_C_FIND: one pending response per match (PS3.4 C.4.1.1.3)."""
+        try:
+            request = parse_find(event.identifier, model_of(event.request.AffectedSOPClassUID))
+            matches = self.archive.find(request.query)
+        except CiamsError as exc:
+            yield query_error_status(exc), None
+            return
+        except Exception:  # answer a status; the association goes on
+            log.exception("C-FIND failed unexpectedly")
+            yield status(DIMSE_UNABLE_TO_PROCESS, "internal error, see server log"), None
+            return
+        for match in matches:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, request.response(match)
+
+    def _on_get(self, event: Event) -> Iterator[Any]:
+        return handle_get(event, self.archive)
+
+    def _on_move(self, event: Event) -> Iterator[Any]:
+        return handle_move(
+            event,
+            self.archive,
+            self.registry,
+            [(evt.EVT_CONN_OPEN, no_delay)],
+            self.settings.dicom.max_pdu,
+        )

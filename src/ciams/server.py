@@ -1,0 +1,120 @@
+"""The central server process: archive + DICOM listener + HTTP app + background tasks.
+
+``ciams serve`` runs :meth:`Server.run` in the foreground; tests use
+:meth:`Server.start` / :meth:`Server.stop`, which run the HTTP side in a thread on
+a socket bound beforehand, so port 0 gives an ephemeral port without a race.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from ciams.archive import Archive
+from ciams.config import Settings
+from ciams.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """Everything ``ciams serve`` runs, started and stopped as one."""
+
+    def __init__(self, settings: Settings) -> None:
+        from ciams import tasks
+        from ciams.net import DicomServer
+        from ciams.web import create_app
+
+        self.settings = settings
+        self.archive = Archive(settings)
+        self.tasks = tasks.TaskRunner(settings, self.archive)
+        self.dicom = DicomServer(self.archive, settings)
+        self.app = create_app(self.archive, settings)
+        self._http_sock: socket.socket | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self.http_port = 0
+        self.dicom_port = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.http.host}:{self.http_port}"
+
+    def _bind_http(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.settings.http.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.settings.http.host, self.settings.http.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on {self.settings.http.host}:{self.settings.http.port}: "
+                f"{exc.strerror}",
+                hint="choose another port with --http-port",
+            ) from exc
+        sock.listen(128)
+        sock.set_inheritable(True)
+        self.http_port = sock.getsockname()[1]
+        return sock
+
+    def _uvicorn_config(self, **extra: Any) -> uvicorn.Config:
+        return uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=30,
+            limit_concurrency=None,
+            **extra,
+        )
+
+    def start(self) -> None:
+        """Start every part in background threads; returns when all listen."""
+        self.tasks.start()
+        self.dicom_port = self.dicom.start()
+        self._http_sock = self._bind_http()
+        self._uvicorn = uvicorn.Server(self._uvicorn_config())
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http_thread = threading.Thread(
+            target=self._uvicorn.run,
+            kwargs={"sockets": [self._http_sock]},
+            name="ciams-http",
+            daemon=True,
+        )
+        self._http_thread.start()
+        deadline = time.monotonic() + 20
+        while not self._uvicorn.started:
+            if time.monotonic() > deadline or not self._http_thread.is_alive():
+                raise ConfigError("the HTTP server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop all parts and release the archive."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(timeout=10)
+        if self._http_sock is not None:
+            self._http_sock.close()
+        self.dicom.stop()
+        self.tasks.stop()
+        self.archive.close()
+
+    def run(self) -> None:
+        """Run in the foreground until interrupted (Ctrl-C / SIGTERM)."""
+        self.tasks.start()
+        self.dicom_port = self.dicom.start()
+        sock = self._bind_http()
+        server = uvicorn.Server(self._uvicorn_config())
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+            self.dicom.stop()
+            self.tasks.stop()
+            self.archive.close()

@@ -1,0 +1,60 @@
+"""What every DICOMweb handler needs: the archive, the settings, URLs, worker threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio.to_thread
+from anyio import CapacityLimiter
+from fastapi import Request
+
+from ciams.archive import Archive
+from ciams.config import Settings
+
+PREFIX = "/dicom-web"
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """Shared by the DICOMweb handlers of one app."""
+
+    archive: Archive
+    settings: Settings
+    # Ingest and read work run in threads; their own limiters keep a burst of uploads
+    # from starving retrieves (and the reverse) on anyio's shared default pool. Created
+    # on first use because a limiter belongs to the running event loop.
+    _limiters: dict[str, CapacityLimiter] = field(default_factory=dict)
+
+    def _limiter(self, name: str) -> CapacityLimiter:
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            limiter = self._limiters[name] = CapacityLimiter(16)
+        return limiter
+
+    def root(self, request: Request) -> str:
+        """Absolute URL of the DICOMweb root, for RetrieveURL and BulkDataURI."""
+        base = self.settings.http.base_url.rstrip("/") or str(request.base_url).rstrip("/")
+        return base + PREFIX
+
+    async def read(self, func: Callable[..., T], *args: object) -> T:
+        """Run blocking read work (files, index) in a worker thread."""
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter("read"))
+
+    async def ingest(self, func: Callable[..., T], *args: object) -> T:
+        """Run an ingest in a worker thread."""
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter("ingest"))
+
+
+def study_url(root: str, study: str) -> str:
+    return f"{root}/studies/{study}"
+
+
+def series_url(root: str, study: str, series: str) -> str:
+    return f"{root}/studies/{study}/series/{series}"
+
+
+def instance_url(root: str, study: str, series: str, sop: str) -> str:
+    return f"{root}/studies/{study}/series/{series}/instances/{sop}"
