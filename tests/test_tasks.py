@@ -56,8 +56,19 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -75,9 +86,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     proc.wait(10)
 
 
-def test_redis_with_worker_process(
-    make_settings: Callable[..., Settings], redis_url: str
-) -> None:
+def test_redis_with_worker_process(make_settings: Callable[..., Settings], redis_url: str) -> None:
     settings = make_settings(
         tasks={"backend": "redis", "redis_url": redis_url, "series_settle_seconds": 0.5}
     )
@@ -95,8 +104,16 @@ def test_redis_with_worker_process(
         time.sleep(1.0)
         assert archive.series_last_received(series_uid)[1] is None  # nobody consumed yet
         worker = subprocess.Popen(
-            [sys.executable, "-m", "ciams", "worker", "--data-dir", str(settings.data_dir),
-             "--database-url", settings.db_url],
+            [
+                sys.executable,
+                "-m",
+                "ciams",
+                "worker",
+                "--data-dir",
+                str(settings.data_dir),
+                "--database-url",
+                settings.db_url,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -48,9 +48,7 @@ DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", "-d", help="Data folder (default ./data or CIAMS_DATA_DIR)."),
 ]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
-]
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file.")]
 DatabaseUrl = Annotated[
     str | None,
     typer.Option("--database-url", help="SQLAlchemy URL (default SQLite in the data folder)."),

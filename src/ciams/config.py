@@ -137,7 +137,9 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings: defaults < config file < environment < overrides (None ignored)."""
-    path = config_file or (Path(os.environ["CIAMS_CONFIG"]) if "CIAMS_CONFIG" in os.environ else None)
+    path = config_file or (
+        Path(os.environ["CIAMS_CONFIG"]) if "CIAMS_CONFIG" in os.environ else None
+    )
     if path is None:
         data_dir = overrides.get("data_dir") or os.environ.get("CIAMS_DATA_DIR") or "data"
         candidate = Path(data_dir) / "ciams.toml"

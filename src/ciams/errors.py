@@ -116,9 +116,7 @@ class ConflictError(ArchiveError):
     code = "conflict"
     http_status = 409
     dimse_status = DIMSE_DUPLICATE_SOP
-    default_hint = (
-        "the stored instance was kept; set archive.on_conflict = 'version' to keep both"
-    )
+    default_hint = "the stored instance was kept; set archive.on_conflict = 'version' to keep both"
 
 
 class StorageError(ArchiveError):

@@ -180,3 +180,32 @@ def test_export_writes_verified_copies(archive: Archive, tmp_path: Path) -> None
     result = archive.ingest(data)
     files = archive.export(result.study_instance_uid, tmp_path / "out")
     assert [f.read_bytes() for f in files] == [data]
+
+
+def test_recovery_drops_rows_whose_file_was_lost(settings: Settings) -> None:
+    """After an unclean stop, rows without a durable file (never acknowledged) are dropped."""
+    archive = Archive(settings)
+    kept = archive.ingest(to_bytes(make_instance(patient_id="KEEP")))
+    lost = archive.ingest(to_bytes(make_instance(patient_id="LOST")))
+    (ref,) = archive.instances(sop_uid=lost.sop_instance_uid)
+    archive._writer.close()  # simulate a crash: no clean close, the run marker stays
+    archive.engine.dispose()
+    marker = next((settings.data_dir / "run").glob("*.json"))
+    dead = marker.with_name("999999999.json")  # a pid that does not run
+    marker.rename(dead)
+    path = archive.storage.local_path(ref.storage_key)
+    assert path is not None
+    path.unlink()  # the file had not reached the disk when the machine went down
+    with Archive(settings) as again:
+        assert again.instances(sop_uid=lost.sop_instance_uid) == []
+        assert len(again.instances(sop_uid=kept.sop_instance_uid)) == 1
+        assert again.fsck().ok
+        assert not dead.exists()
+
+
+def test_live_process_marker_is_left_alone(settings: Settings) -> None:
+    with Archive(settings) as first:
+        stored = first.ingest(to_bytes(make_instance()))
+        with Archive(settings) as second:  # e.g. `ciams ls` while the server runs
+            assert len(second.instances(sop_uid=stored.sop_instance_uid)) == 1
+        assert len(list((settings.data_dir / "run").glob("*.json"))) == 1

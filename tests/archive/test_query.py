@@ -70,20 +70,29 @@ def test_uid_list_and_modalities(filled: Archive) -> None:
 
 def test_levels_and_counts(filled: Archive) -> None:
     patients = filled.find(
-        FindQuery("PATIENT", {"PatientID": "P1"}, ["PatientID", "NumberOfPatientRelatedStudies",
-                                                   "NumberOfPatientRelatedInstances"])
+        FindQuery(
+            "PATIENT",
+            {"PatientID": "P1"},
+            ["PatientID", "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances"],
+        )
     )
     assert len(patients) == 1
     assert patients[0].NumberOfPatientRelatedStudies == 2
     assert patients[0].NumberOfPatientRelatedInstances == 4
     series = filled.find(
-        FindQuery("SERIES", {"StudyInstanceUID": "1.2.3.3"},
-                  ["SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"])
+        FindQuery(
+            "SERIES",
+            {"StudyInstanceUID": "1.2.3.3"},
+            ["SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"],
+        )
     )
     assert [(s.Modality, s.NumberOfSeriesRelatedInstances) for s in series] == [("CT", 2)]
     images = filled.find(
-        FindQuery("IMAGE", {"SeriesInstanceUID": "1.2.3.3.1", "InstanceNumber": "2"},
-                  ["SOPInstanceUID", "InstanceNumber", "Rows", "SliceThickness"])
+        FindQuery(
+            "IMAGE",
+            {"SeriesInstanceUID": "1.2.3.3.1", "InstanceNumber": "2"},
+            ["SOPInstanceUID", "InstanceNumber", "Rows", "SliceThickness"],
+        )
     )
     assert len(images) == 1
     assert images[0].Rows == 8

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import DicomDictionary, tag_for_keyword
 
 from ciams.deid._standard import annex_e
 from ciams.deid._standard.generate import DEFAULT_INPUT, generate
 from ciams.deid.errors import RecipeError
+from ciams.deid.safe import CLEANED_TEXT_KEYWORDS, SAFE_TEXT_KEYWORDS
 from ciams.deid.profile import (
     CLEAN,
     DUMMY,
@@ -71,7 +72,14 @@ def test_basic_profile_actions() -> None:
     assert a[tag("Manufacturer")] == KEEP  # not in the table, on the safe list
     assert a[tag("Rows")] == KEEP  # non-text VR not in the table
     assert a[tag("SOPClassUID")] == KEEP  # class UIDs are not instance identifiers
-    assert tag("TextValue") not in a  # free text not in the table: removed
+    assert a[tag("TextValue")] == DUMMY  # free text in structured content: dummy (Type 1C)
+    # free text not in the table and not known to be safe: removed (whitelist)
+    unknown_text = [t for t, (vr, *_r, kw) in DicomDictionary.items()
+                    if vr in ("LT", "ST", "UT") and t not in annex_e.ATTRIBUTES
+                    and kw not in SAFE_TEXT_KEYWORDS | CLEANED_TEXT_KEYWORDS
+                    and t not in (tag("TextValue"), tag("UnformattedTextValue"))]
+    assert len(unknown_text) > 20
+    assert all(t not in a for t in unknown_text)
     assert prof.action(0x00291010) == REMOVE  # private
     assert prof.action(0x60003000) == REMOVE  # overlay
     assert prof.action(0x50003000) == REMOVE  # curve

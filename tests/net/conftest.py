@@ -14,6 +14,7 @@ import pytest
 
 from ciams.archive import Archive
 from ciams.config import Settings
+from ciams.net import DicomServer
 
 pytestmark = pytest.mark.dcmtk
 
@@ -28,6 +29,7 @@ class DicomNode:
     settings: Settings
     dicom_port: int
     archive: Archive
+    dicom: DicomServer
 
     @property
     def ae_title(self) -> str:
@@ -54,9 +56,7 @@ def make_node(
         if _web_available():
             make_server = request.getfixturevalue("make_server")
             server = make_server(**overrides)
-            return DicomNode(server.settings, server.dicom_port, server.archive)
-        from ciams.net import DicomServer
-
+            return DicomNode(server.settings, server.dicom_port, server.archive, server.dicom)
         settings = make_settings(**overrides)
         archive = Archive(settings)
         dicom = DicomServer(archive, settings)
@@ -67,7 +67,7 @@ def make_node(
             archive.close()
 
         stops.append(stop)
-        return DicomNode(settings, port, archive)
+        return DicomNode(settings, port, archive, dicom)
 
     yield factory
     for stop in stops:

@@ -5,8 +5,8 @@ Other domains use only what is exported here.
 
 from ciams.archive.index import IndexOutcome, IndexRequest
 from ciams.archive.parse import ParsedInstance, parse_instance
-from ciams.archive.query import COLUMNS, COMPUTED, LEVELS, FindQuery, Level
 from ciams.archive.quarantine import Quarantine, QuarantineEntry
+from ciams.archive.query import COLUMNS, COMPUTED, LEVELS, FindQuery, Level
 from ciams.archive.service import (
     Archive,
     FsckReport,

@@ -55,8 +55,12 @@ class IndexWriter:
         on_conflict: Literal["reject", "version"],
         batch_max: int = 64,
         on_commit: Callable[[list[tuple[IndexRequest, IndexOutcome]]], None] | None = None,
+        sync: Callable[[], None] | None = None,
+        sync_after_commit: bool = False,
     ) -> None:
         self._sessions = sessions
+        self._sync = sync or (lambda: None)
+        self._sync_after_commit = sync_after_commit
         self._on_conflict = on_conflict
         self._batch_max = max(1, batch_max)
         self._on_commit = on_commit
@@ -100,15 +104,21 @@ class IndexWriter:
 
     def _commit_batch(self, batch: list[tuple[IndexRequest, Future[IndexOutcome]]]) -> None:
         try:
+            if not self._sync_after_commit:
+                self._sync()  # the files first: a durable row never points at a lost file
             with self._sessions() as session, session.begin():
                 outcomes = [self._apply(session, req) for req, _ in batch]
-        except Exception:  # noqa: BLE001 - isolate the failing request below
+            if self._sync_after_commit:
+                # One flush makes the batch's files and the SQLite WAL durable together;
+                # a crash before it loses only unacknowledged work (see Archive._recover).
+                self._sync()
+        except Exception:
             self._clear_caches()
             if len(batch) > 1:
                 for one in batch:
                     self._commit_batch([one])
                 return
-            req, fut = batch[0]
+            _, fut = batch[0]
             log.exception("index write failed for one instance")
             fut.set_exception(StorageError("the index could not record the instance"))
             return
@@ -118,10 +128,11 @@ class IndexWriter:
         if self._on_commit is not None:
             try:
                 self._on_commit(pairs)
-            except Exception:  # noqa: BLE001 - listeners must not break ingest
+            except Exception:
                 log.exception("post-commit listener failed")
 
     def _clear_caches(self) -> None:
+        """Forget cached primary keys (after a rollback they may not exist)."""
         self._series_cache.clear()
         self._study_cache.clear()
         self._patient_cache.clear()

@@ -28,9 +28,7 @@ class Patient(Base):
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
-    __table_args__ = (
-        Index("uq_patients_key", "patient_id", "issuer_of_patient_id", unique=True),
-    )
+    __table_args__ = (Index("uq_patients_key", "patient_id", "issuer_of_patient_id", unique=True),)
 
 
 class Study(Base):

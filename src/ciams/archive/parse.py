@@ -117,7 +117,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
         ds = pydicom.dcmread(BytesIO(data), force=False)
     except InvalidDicomError as exc:
         raise InvalidInstanceError(f"not a DICOM Part 10 file: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
+    except Exception as exc:
         raise InvalidInstanceError(
             f"malformed or truncated DICOM: {type(exc).__name__}: {exc}"
         ) from exc
@@ -128,7 +128,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
     for keyword in _REQUIRED_UIDS:
         try:
             value = str(ds.get(keyword, "") or "").strip()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InvalidInstanceError(f"cannot read {keyword}: {exc}") from exc
         if not value:
             raise InvalidInstanceError(f"missing {keyword}")

@@ -123,8 +123,10 @@ def find(
         stmt = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
         entities = [Study, Patient]
     if depth >= 2:
-        stmt = select(Series, Study, Patient).join(Study, Series.study_pk == Study.id).join(
-            Patient, Study.patient_pk == Patient.id
+        stmt = (
+            select(Series, Study, Patient)
+            .join(Study, Series.study_pk == Study.id)
+            .join(Patient, Study.patient_pk == Patient.id)
         )
         entities = [Series, Study, Patient]
     if depth >= 3:
@@ -149,9 +151,7 @@ def find(
     rows = session.execute(stmt).all()
 
     wanted = list(dict.fromkeys(query.return_keys))
-    file_keys = [
-        k for k in wanted if k not in COLUMNS and k not in COMPUTED and tag_for_keyword(k)
-    ]
+    file_keys = [k for k in wanted if k not in COLUMNS and k not in COMPUTED and tag_for_keyword(k)]
     computed = _computed_values(session, query.level, wanted, rows)
     matches: list[Dataset] = []
     storage_keys: list[str] = []
@@ -228,9 +228,11 @@ def _computed_values(
         if key == "InstanceAvailability":
             out[key] = {pk: "ONLINE" for pk in ids("PATIENT")}
         elif key == "NumberOfPatientRelatedStudies":
-            stmt = select(Study.patient_pk, func.count(Study.id)).where(
-                Study.patient_pk.in_(ids("PATIENT"))
-            ).group_by(Study.patient_pk)
+            stmt = (
+                select(Study.patient_pk, func.count(Study.id))
+                .where(Study.patient_pk.in_(ids("PATIENT")))
+                .group_by(Study.patient_pk)
+            )
             out[key] = dict(session.execute(stmt).all())
         elif key == "NumberOfPatientRelatedSeries":
             stmt = (
@@ -250,9 +252,11 @@ def _computed_values(
             )
             out[key] = dict(session.execute(stmt).all())
         elif key == "NumberOfStudyRelatedSeries":
-            stmt = select(Series.study_pk, func.count(Series.id)).where(
-                Series.study_pk.in_(ids("STUDY"))
-            ).group_by(Series.study_pk)
+            stmt = (
+                select(Series.study_pk, func.count(Series.id))
+                .where(Series.study_pk.in_(ids("STUDY")))
+                .group_by(Series.study_pk)
+            )
             out[key] = dict(session.execute(stmt).all())
         elif key == "NumberOfStudyRelatedInstances":
             stmt = (
@@ -273,9 +277,11 @@ def _computed_values(
                     found[pk].append(value)
             out[key] = {pk: sorted(v) for pk, v in found.items()}
         elif key == "NumberOfSeriesRelatedInstances":
-            stmt = select(Instance.series_pk, func.count(Instance.id)).where(
-                Instance.series_pk.in_(ids("SERIES"))
-            ).group_by(Instance.series_pk)
+            stmt = (
+                select(Instance.series_pk, func.count(Instance.id))
+                .where(Instance.series_pk.in_(ids("SERIES")))
+                .group_by(Instance.series_pk)
+            )
             out[key] = dict(session.execute(stmt).all())
     return out
 
@@ -290,7 +296,8 @@ def _clause(keyword: str, value: str, depth: int, fuzzy: bool) -> ColumnElement[
     if keyword == "ModalitiesInStudy":
         options = [v for v in value.split("\\") if v]
         return exists().where(
-            (Series.study_pk == Study.id) & or_(*[_string_match(Series.modality, v) for v in options])
+            (Series.study_pk == Study.id)
+            & or_(*[_string_match(Series.modality, v) for v in options])
         )
     if keyword == "SOPClassesInStudy":
         options = [v for v in value.translate(_UID_LIST_SPLIT).split("\\") if v]

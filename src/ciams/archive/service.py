@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +26,7 @@ from ciams.archive.models import Instance, InstanceVersion, Patient, Series, Stu
 from ciams.archive.parse import ParsedInstance, parse_instance
 from ciams.archive.quarantine import Quarantine
 from ciams.archive.query import FindQuery, find
-from ciams.archive.storage import LocalStorage, StorageArea, content_key
+from ciams.archive.storage import LocalStorage, StorageArea, content_key, same_filesystem
 from ciams.config import Settings
 from ciams.errors import (
     CiamsError,
@@ -114,11 +117,23 @@ class Archive:
     def __init__(self, settings: Settings, *, storage: StorageArea | None = None) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = db.make_engine(settings.db_url)
+        self.storage: StorageArea = storage or LocalStorage(settings.storage_dir)
+        db_file = db.sqlite_path(settings.db_url)
+        # With the SQLite file on the storage's filesystem, one syncfs after the commit
+        # makes files and index durable together; otherwise files are flushed first and
+        # the database makes its own commit durable.
+        self._sync_after_commit = (
+            isinstance(self.storage, LocalStorage)
+            and db_file is not None
+            and same_filesystem(settings.data_dir, self.storage.root)
+        )
+        self.engine = db.make_engine(
+            settings.db_url, sqlite_synchronous="NORMAL" if self._sync_after_commit else "FULL"
+        )
         db.upgrade(self.engine)
         self.sessions = db.session_factory(self.engine)
-        self.storage: StorageArea = storage or LocalStorage(settings.storage_dir)
         self.quarantine = Quarantine(settings.quarantine_dir)
+        self._run_marker = self._recover()
         self._guards: list[Guard] = []
         self._listeners: list[CommitListener] = []
         self._listener_lock = threading.Lock()
@@ -127,12 +142,56 @@ class Archive:
             on_conflict=settings.archive.on_conflict,
             batch_max=settings.archive.index_batch_max,
             on_commit=self._notify,
+            sync=self.storage.sync,
+            sync_after_commit=self._sync_after_commit,
         )
 
     def close(self) -> None:
         """Stop the index writer and release the database."""
         self._writer.close()
         self.engine.dispose()
+        self._run_marker.unlink(missing_ok=True)
+
+    def _recover(self) -> Path:
+        """After an unclean stop, drop index rows whose file never became durable.
+
+        Every acknowledged instance had its file flushed, so a row whose file is missing
+        after a crash belongs to an instance that was never acknowledged: the sender
+        will send it again. Each process leaves ``run/<pid>-<nonce>.json`` while it
+        runs; one left by a dead process marks the unclean stop and the time to check from.
+        """
+        run_dir = self.settings.data_dir / "run"
+        run_dir.mkdir(exist_ok=True)
+        since: datetime | None = None
+        for marker in run_dir.glob("*.json"):
+            try:
+                pid = int(marker.stem.split("-", 1)[0])
+                os.kill(pid, 0)
+                continue  # still running
+            except (ValueError, ProcessLookupError):
+                pass
+            except PermissionError:
+                continue
+            try:
+                started = datetime.fromisoformat(json.loads(marker.read_text())["started"])
+            except (OSError, ValueError, KeyError):
+                started = datetime.fromtimestamp(0, UTC)
+            since = started if since is None else min(since, started)
+            marker.unlink(missing_ok=True)
+        if since is not None:
+            dropped = 0
+            with self.sessions() as session, session.begin():
+                for row in session.scalars(select(Instance).where(Instance.received_at >= since)):
+                    if not self.storage.exists(row.storage_key):
+                        session.delete(row)
+                        dropped += 1
+            if dropped:
+                log.warning(
+                    "recovery after an unclean stop: dropped %d unacknowledged rows", dropped
+                )
+        marker = run_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        marker.write_text(json.dumps({"started": datetime.now(UTC).isoformat()}))
+        return marker
 
     def __enter__(self) -> Archive:
         return self
@@ -177,7 +236,7 @@ class Archive:
         }
         key = content_key(parsed.sha256)
         try:
-            self.storage.put(key, data)
+            self.storage.put(key, data, durable=False)  # the index writer syncs
             outcome = self._writer.submit(IndexRequest(parsed, key, source))
         except CiamsError as exc:
             return self._reject(data, exc, source, parsed=parsed, status="failed")
@@ -224,9 +283,9 @@ class Archive:
             used = session.scalar(
                 select(func.count()).select_from(Instance).where(Instance.sha256 == sha)
             ) or session.scalar(
-                select(func.count()).select_from(InstanceVersion).where(
-                    InstanceVersion.sha256 == sha
-                )
+                select(func.count())
+                .select_from(InstanceVersion)
+                .where(InstanceVersion.sha256 == sha)
             )
         if not used:
             self.storage.delete(key)
@@ -458,7 +517,7 @@ class Archive:
                 report.corrupt.append(key)
             if progress:
                 progress(n, len(rows))
-        report.orphans = sorted(k for k in self.storage.keys() if k not in expected)
+        report.orphans = sorted(set(self.storage.keys()) - expected)
         return report
 
     def counts(self) -> dict[str, int]:
@@ -491,9 +550,7 @@ class Archive:
 
     def mark_series_complete(self, series_uid: str) -> None:
         with self.sessions() as session, session.begin():
-            series = session.scalar(
-                select(Series).where(Series.series_instance_uid == series_uid)
-            )
+            series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid))
             if series is not None:
                 series.completed_at = datetime.now(UTC)
 

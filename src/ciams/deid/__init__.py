@@ -21,7 +21,15 @@ from ciams.deid.errors import (
 )
 from ciams.deid.leaks import check_ingest, scan_for_leaks
 from ciams.deid.profile import CompiledProfile, Option, compile_profile
-from ciams.deid.recipe import Recipe, Region, Rule, default_recipe, load_recipe, recipe_from_text
+from ciams.deid.recipe import (
+    Recipe,
+    Region,
+    Rule,
+    default_recipe,
+    load_recipe,
+    recipe_from_text,
+    recipe_with_defaults,
+)
 from ciams.deid.subjects import load_subjects
 
 __all__ = [
@@ -46,5 +54,6 @@ __all__ = [
     "load_recipe",
     "load_subjects",
     "recipe_from_text",
+    "recipe_with_defaults",
     "scan_for_leaks",
 ]

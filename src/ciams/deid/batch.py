@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -135,6 +136,13 @@ def quarantine(output: Path, item: Item, data: bytes, reason: str, code: str,
 
 def process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
     """De-identify one input and write it (or quarantine it)."""
+    with warnings.catch_warnings():
+        # pydicom warns about every oddity of real-world files; the outcome says what matters
+        warnings.simplefilter("ignore")
+        return _process_item(deid, output, item)
+
+
+def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
     try:
         data = _read(item)
     except OSError as exc:

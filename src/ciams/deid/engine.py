@@ -403,6 +403,8 @@ class Deidentifier:
     def _stamp(self, ds: Dataset, profile: CompiledProfile, subject: str,
                pixel_cleaned: bool) -> None:
         """De-identification attributes (PS3.3 C.7.1.1) and regenerated file meta."""
+        ds.PatientName = subject
+        ds.PatientID = subject
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self._method
         codes = ["basic", *sorted(profile.options)]
@@ -445,8 +447,9 @@ class Deidentifier:
                 syntax = ExplicitVRBigEndian
             else:
                 syntax = ExplicitVRLittleEndian
-        implicit = getattr(ds, "original_encoding", (None, None))[0]
-        if implicit is True and not syntax.is_implicit_VR:
+        first = ds.get_item(next(iter(ds.keys()))) if len(ds) else None
+        implicit = isinstance(first, RawDataElement) and first.is_implicit_VR
+        if implicit and not syntax.is_implicit_VR:
             for _ in ds.iterall():  # decode raw implicit elements so they get their VR
                 pass
         meta = pixel_ops.new_file_meta()

@@ -35,7 +35,7 @@ from pydicom.datadict import DicomDictionary, keyword_for_tag, tag_for_keyword
 
 from ciams.deid._standard import annex_e
 from ciams.deid.errors import RecipeError
-from ciams.deid.safe import SAFE_PRIVATE, SAFE_TEXT_KEYWORDS, TEXT_VRS
+from ciams.deid.safe import CLEANED_TEXT_KEYWORDS, SAFE_PRIVATE, SAFE_TEXT_KEYWORDS, TEXT_VRS
 
 # Action codes (small ints keep the hot loop cheap).
 KEEP = 0  #: unchanged
@@ -109,6 +109,7 @@ PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
 PATIENT_AGE = 0x00101010
 TEXT_VALUE = 0x0040A160
+UNFORMATTED_TEXT_VALUE = 0x00700006
 PIXEL_DATA = 0x7FE00010
 #: Group 0x0002 is rebuilt by the writer; it is never copied from the source.
 FILE_META_GROUP = 0x0002
@@ -222,6 +223,8 @@ def _base(options: frozenset[str]) -> tuple[dict[int, int], dict[int, str], froz
             actions[tag] = KEEP if _class_like(keyword) else UID
         elif keyword in SAFE_TEXT_KEYWORDS:
             actions[tag] = KEEP
+        elif keyword in CLEANED_TEXT_KEYWORDS:
+            actions[tag] = CLEAN
     # 2. Table E.1-1 overrides
     identifying: set[int] = set()
     for tag, (_kw, vr, basic, per_option) in annex_e.ATTRIBUTES.items():
@@ -238,8 +241,10 @@ def _base(options: frozenset[str]) -> tuple[dict[int, int], dict[int, str], froz
     identifying.update({PATIENT_NAME, PATIENT_ID})
     if Option.RETAIN_PATIENT_CHARACTERISTICS in options:
         actions[PATIENT_AGE] = AGE
-    if Option.CLEAN_STRUCTURED_CONTENT in options:
-        actions[TEXT_VALUE] = CLEAN
+    # Free text inside structured content and graphic/waveform annotations: the table
+    # replaces the enclosing sequences (D); a dummy keeps Type 1C conformance.
+    actions[TEXT_VALUE] = CLEAN if Option.CLEAN_STRUCTURED_CONTENT in options else DUMMY
+    actions[UNFORMATTED_TEXT_VALUE] = CLEAN if Option.CLEAN_GRAPHICS in options else DUMMY
     result = (actions, vrs, frozenset(identifying))
     _BASE_CACHE[options] = result
     return result

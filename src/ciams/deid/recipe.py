@@ -241,6 +241,19 @@ def recipe_from_text(text: str) -> Recipe:
     return parse_recipe(data, digest=hashlib.sha256(text.encode()).hexdigest())
 
 
+def recipe_with_defaults(overrides: Mapping[str, Any]) -> Recipe:
+    """The default recipe with top-level sections replaced or merged (for tools and tests)."""
+    text = resources.files("ciams.deid").joinpath("data/default.yaml").read_text("utf-8")
+    data = dict(yaml.safe_load(text))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    dumped = yaml.safe_dump(data, sort_keys=True)
+    return parse_recipe(data, digest=hashlib.sha256(dumped.encode()).hexdigest())
+
+
 def load_recipe(path: Path | str) -> Recipe:
     """Load and validate a recipe file."""
     p = Path(path)

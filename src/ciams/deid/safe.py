@@ -71,8 +71,20 @@ SAFE_TEXT_KEYWORDS = frozenset(
         "ReconstructionAlgorithm",
         "DataCollectionDiameter",
         "SpecificCharacterSet",
+        # Segmentation (PS3.3 C.8.20.4): labels of segmented structures and algorithms
+        "SegmentLabel",
+        "SegmentAlgorithmName",
+        "ContentLabel",
+        "AlgorithmName",
+        "AlgorithmVersion",
+        "AlgorithmFamilyCodeSequence",
     }
 )
+
+#: Text attributes not in Table E.1-1 that IODs require (Type 1/2) and that may hold
+#: free text: kept, but cleaned like a descriptor (source identifiers, dates, long
+#: numbers and e-mail addresses removed).
+CLEANED_TEXT_KEYWORDS = frozenset({"ContentDescription", "SegmentDescription"})
 
 #: Private attributes retained under Retain Safe Private (E.3.10): ``(creator, element)``
 #: with ``element`` the low byte of the element number (``0xgggg,xxEE`` -> ``0xEE``)

@@ -36,8 +36,17 @@ class Context:
 
     def root(self, request: Request) -> str:
         """Absolute URL of the DICOMweb root, for RetrieveURL and BulkDataURI."""
-        base = self.settings.http.base_url.rstrip("/") or str(request.base_url).rstrip("/")
-        return base + PREFIX
+        if self.settings.http.base_url:
+            return self.settings.http.base_url.rstrip("/") + PREFIX
+        url = request.base_url
+        server = request.scope.get("server")
+        # dicomweb-client sends "Host: <host>" without the port; when the client talks
+        # to us directly (the Host names our bound address), add the port we listen on.
+        if url.port is None and server and url.hostname == server[0]:
+            default = 443 if url.scheme == "https" else 80
+            if server[1] and server[1] != default:
+                url = url.replace(port=server[1])
+        return str(url).rstrip("/") + PREFIX
 
     async def read(self, func: Callable[..., T], *args: object) -> T:
         """Run blocking read work (files, index) in a worker thread."""

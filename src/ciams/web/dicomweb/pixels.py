@@ -61,7 +61,7 @@ class Frames:
 def _open_pixels(fh: BinaryIO) -> tuple[FileDataset, RawDataElement | None]:
     # Large values are deferred: only their position is read, not the pixels.
     ds = pydicom.dcmread(fh, defer_size="256 KB")
-    raw = ds.get_item(PIXEL_DATA)
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
     return ds, raw if isinstance(raw, RawDataElement) else None
 
 

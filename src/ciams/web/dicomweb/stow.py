@@ -238,6 +238,7 @@ def _ingest_part(
             data, reason=reason, code="unsupported-media-type", source=source
         )
         return _Failure("", "", reason, 0xC000)
+    data = with_preamble(data)
     if study is not None:
         ids = _header_ids(data)
         if ids is not None and ids.get("StudyInstanceUID", study) != study:
@@ -256,6 +257,19 @@ def _ingest_part(
                 DIMSE_DATASET_MISMATCH,
             )
     return ctx.archive.ingest(data, source)
+
+
+def with_preamble(data: bytes) -> bytes:
+    """A Part 10 file for a part sent without its 128-byte preamble and ``DICM`` prefix.
+
+    PS3.18 8.6.1.1 parts are PS3.10 files, but common clients (dicomweb-client with a
+    dataset built in memory) write File Meta Information without the preamble. When
+    the part starts with a group 0002 element, the missing 132 bytes are added so the
+    archive stores a valid file; nothing else changes.
+    """
+    if data[128:132] != b"DICM" and data[:2] == b"\x02\x00" and data[4:6].isalpha():
+        return b"\x00" * 128 + b"DICM" + data
+    return data
 
 
 def _header_ids(data: bytes) -> dict[str, str] | None:

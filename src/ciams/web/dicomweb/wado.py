@@ -193,7 +193,7 @@ def metadata_json(fh: BinaryIO, url: str) -> dict[str, object]:
     ds = pydicom.dcmread(fh, defer_size=BULK_THRESHOLD)
     out: dict[str, object] = {}
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement):
             vr = raw.VR or _dictionary_vr(ds, tag)
             if vr in BULK_VRS and (raw.value is None or raw.length > BULK_THRESHOLD):

@@ -1,0 +1,271 @@
+"""C-MOVE and C-GET SCP (PS3.4 C.4.2, C.4.3) against dcmtk movescu and getscu."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+from ciams.net import AERegistry
+from tests.corpus import make_instance, write
+from tests.net.conftest import DicomNode, dcmtk
+
+
+@dataclass
+class Study:
+    patient_id: str
+    study_uid: str
+    series: dict[str, list[str]]  # SeriesInstanceUID -> SOP Instance UIDs
+    syntax: dict[str, str]  # SOP Instance UID -> stored transfer syntax
+
+    @property
+    def sops(self) -> set[str]:
+        return {s for sops in self.series.values() for s in sops}
+
+
+@pytest.fixture
+def study(node: DicomNode, tmp_path: Path) -> Study:
+    """A study of two series stored as received: two native instances, one RLE and
+    one JPEG-LS lossless (compressed by dcmtk, UIDs kept), plus another patient."""
+    study_uid = generate_uid()
+    series = [generate_uid(), generate_uid()]
+    src = tmp_path / "src"
+    files: list[Path] = []
+    for n in range(4):
+        ds = make_instance(
+            patient_id="RPAT",
+            study_uid=study_uid,
+            series_uid=series[n // 2],
+            series_number=n // 2 + 1,
+            instance_number=n + 1,
+            rows=32,
+            columns=32,
+        )
+        files.append(write(ds, src / f"{n}.dcm"))
+    for args in (
+        ("dcmcrle", files[2], src / "2rle.dcm"),
+        ("dcmcjpls", "+el", files[3], src / "3jls.dcm"),
+    ):
+        done = dcmtk(*args)
+        assert done.returncode == 0, done.stderr
+    files[2], files[3] = src / "2rle.dcm", src / "3jls.dcm"
+    other = write(make_instance(patient_id="OTHER", rows=16, columns=16), src / "other.dcm")
+    result = Study("RPAT", study_uid, {uid: [] for uid in series}, {})
+    for path in [*files, other]:
+        outcome = node.archive.ingest(path.read_bytes(), {"interface": "import"})
+        assert outcome.ok, outcome.reason
+        if path != other:
+            result.series[outcome.series_instance_uid].append(outcome.sop_instance_uid)
+            result.syntax[outcome.sop_instance_uid] = outcome.transfer_syntax_uid
+    assert set(result.syntax.values()) == {ExplicitVRLittleEndian, RLELossless, JPEGLSLossless}
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def received(folder: Path) -> dict[str, Dataset]:
+    out = {}
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        out[str(ds.SOPInstanceUID)] = ds
+    return out
+
+
+def stored(node: DicomNode, sop_uid: str) -> Dataset:
+    (ref,) = node.archive.instances(sop_uid=sop_uid)
+    return node.archive.dataset(ref)
+
+
+def assert_same_content(node: DicomNode, got: dict[str, Dataset], *, as_stored: bool) -> None:
+    """Received instances carry the stored content: identical data sets when sent in
+    the stored transfer syntax, identical pixel values when decompressed on the way."""
+    for sop, ds in got.items():
+        original = stored(node, sop)
+        ts = ds.file_meta.TransferSyntaxUID
+        if as_stored:
+            assert ts == original.file_meta.TransferSyntaxUID
+            assert ds == original
+            continue
+        assert ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        assert np.array_equal(ds.pixel_array, original.pixel_array)
+        skip = {"PixelData"}
+        assert {e.keyword for e in ds if e.keyword not in skip} == {
+            e.keyword for e in original if e.keyword not in skip
+        }
+        for elem in original:
+            if elem.keyword not in skip:
+                assert ds[elem.tag].value == elem.value, elem.keyword
+
+
+def movescu(
+    node: DicomNode, out: Path, port: int, model: str, *keys: str, extra: tuple[str, ...] = ()
+) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    args: list[str] = ["movescu", "-v", model, "-aet", "MOVESCU", "+P", str(port), "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    result = dcmtk(*args, *extra, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port))
+    return result.stdout + result.stderr
+
+
+def getscu(node: DicomNode, out: Path, model: str, *keys: str, extra: tuple[str, ...] = ()) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    args: list[str] = ["getscu", "-v", model, "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    result = dcmtk(*args, *extra, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port))
+    return result.stdout + result.stderr
+
+
+def _keys(study: Study, level: str) -> tuple[str, ...]:
+    series_uid = next(iter(study.series))
+    if level == "PATIENT":
+        return ("QueryRetrieveLevel=PATIENT", f"PatientID={study.patient_id}")
+    if level == "STUDY":
+        return ("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_uid}")
+    if level == "SERIES":
+        return (
+            "QueryRetrieveLevel=SERIES",
+            f"StudyInstanceUID={study.study_uid}",
+            f"SeriesInstanceUID={series_uid}",
+        )
+    sops = study.series[series_uid]
+    return (
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={study.study_uid}",
+        f"SeriesInstanceUID={series_uid}",
+        f"SOPInstanceUID={sops[1]}",
+    )
+
+
+def _expected(study: Study, level: str) -> set[str]:
+    series_uid = next(iter(study.series))
+    if level in ("PATIENT", "STUDY"):
+        return study.sops
+    if level == "SERIES":
+        return set(study.series[series_uid])
+    return {study.series[series_uid][1]}
+
+
+@pytest.mark.parametrize(
+    ("model", "level"),
+    [("-P", "PATIENT"), ("-P", "STUDY"), ("-S", "STUDY"), ("-S", "SERIES"), ("-P", "IMAGE")],
+)
+def test_move_levels_send_stored_syntax(
+    node: DicomNode, study: Study, tmp_path: Path, model: str, level: str
+) -> None:
+    port = free_port()
+    AERegistry(node.archive.sessions).add("MOVESCU", "127.0.0.1", port)
+
+    # +xa: the destination accepts every syntax, so each instance goes as stored.
+    log = movescu(node, tmp_path / "out", port, model, *_keys(study, level), extra=("+xa",))
+
+    got = received(tmp_path / "out")
+    assert set(got) == _expected(study, level), log
+    assert_same_content(node, got, as_stored=True)
+    assert "Received Final Move Response (Success)" in log
+
+
+def test_move_decompresses_for_an_uncompressed_only_destination(
+    node: DicomNode, study: Study, tmp_path: Path
+) -> None:
+    port = free_port()
+    AERegistry(node.archive.sessions).add("MOVESCU", "127.0.0.1", port)
+
+    log = movescu(node, tmp_path / "out", port, "-S", *_keys(study, "STUDY"))
+
+    got = received(tmp_path / "out")
+    assert set(got) == study.sops, log
+    assert_same_content(node, got, as_stored=False)
+
+
+def test_move_to_unknown_destination(node: DicomNode, study: Study, tmp_path: Path) -> None:
+    log = movescu(
+        node,
+        tmp_path / "out",
+        free_port(),
+        "-S",
+        *_keys(study, "STUDY"),
+        extra=("-aem", "NOBODY", "-d"),
+    )
+
+    assert "0xa801" in log.lower(), log
+    assert "move destination 'NOBODY' is not registered" in log
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_move_without_unique_key_fails(node: DicomNode, study: Study, tmp_path: Path) -> None:
+    port = free_port()
+    AERegistry(node.archive.sessions).add("MOVESCU", "127.0.0.1", port)
+
+    log = movescu(
+        node,
+        tmp_path / "out",
+        port,
+        "-S",
+        "QueryRetrieveLevel=STUDY",
+        "StudyInstanceUID=1.2.*",
+        extra=("-d",),
+    )
+
+    assert "0xa900" in log.lower(), log
+    assert "must not contain wildcards" in log
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(("model", "level"), [("-P", "PATIENT"), ("-S", "STUDY"), ("-S", "IMAGE")])
+def test_get(node: DicomNode, study: Study, tmp_path: Path, model: str, level: str) -> None:
+    log = getscu(node, tmp_path / "out", model, *_keys(study, level))
+
+    got = received(tmp_path / "out")
+    assert set(got) == _expected(study, level), log
+    # getscu proposes uncompressed syntaxes only by default: compressed instances
+    # arrive decompressed, native ones as stored.
+    native = {s: ds for s, ds in got.items() if study.syntax[s] == ExplicitVRLittleEndian}
+    compressed = {s: ds for s, ds in got.items() if s not in native}
+    assert_same_content(node, native, as_stored=True)
+    assert_same_content(node, compressed, as_stored=False)
+
+
+def test_get_in_stored_compressed_syntax(node: DicomNode, study: Study, tmp_path: Path) -> None:
+    """With RLE proposed (+xr), the RLE instance travels as stored."""
+    log = getscu(node, tmp_path / "out", "-S", *_keys(study, "STUDY"), extra=("+xr",))
+
+    got = received(tmp_path / "out")
+    assert set(got) == study.sops, log
+    rle = {s: ds for s, ds in got.items() if study.syntax[s] == RLELossless}
+    assert len(rle) == 1
+    assert_same_content(node, rle, as_stored=True)
+
+
+def test_get_reports_failed_sub_operations(node: DicomNode, study: Study, tmp_path: Path) -> None:
+    broken = sorted(study.sops)[0]
+    (ref,) = node.archive.instances(sop_uid=broken)
+    path = node.archive.storage.local_path(ref.storage_key)
+    assert path is not None
+    path.chmod(0o600)
+    path.write_bytes(b"not dicom any more")
+
+    log = getscu(node, tmp_path / "out", "-S", *_keys(study, "STUDY"), extra=("-d",))
+
+    got = received(tmp_path / "out")
+    assert set(got) == study.sops - {broken}, log
+    assert "0xb000" in log.lower(), log
+    assert broken in log  # Failed SOP Instance UID List (0008,0058)
+    assert "Number of Failed Suboperations      : 1" in log or "Failed Suboperations" in log

@@ -1,0 +1,201 @@
+"""WADO-RS (PS3.18 10.4) through dicomweb-client: instances, metadata, frames, rendered."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from tests.corpus import make_series, vendor_file
+from tests.web.conftest import client_bytes
+from tests.web.test_stow import VENDOR
+
+
+def _as_stored(ds: Dataset) -> bytes:
+    """What the archive keeps of what dicomweb-client sent (a Part 10 file)."""
+    data = client_bytes(ds)
+    return data if data[128:132] == b"DICM" else b"\x00" * 128 + b"DICM" + data
+
+
+def _raw(client: DICOMwebClient, url: str) -> list[bytes]:
+    # The client's own multipart decoder, to see the bytes rather than parsed datasets.
+    return list(client._http_get_multipart(url))
+
+
+@pytest.fixture
+def series(client: DICOMwebClient) -> list[Dataset]:
+    datasets = list(make_series(4))
+    client.store_instances(datasets)
+    return datasets
+
+
+@pytest.fixture
+def vendor(client: DICOMwebClient) -> dict[str, Dataset]:
+    # Each dataset is read back from one encoding, so that what the client sends is that
+    # encoding (pydicom may normalise a vendor file on its first write, and writing
+    # the same object twice may differ).
+    encoded = {name: _as_stored(pydicom.dcmread(vendor_file(name))) for name in VENDOR}
+    datasets = {name: pydicom.dcmread(BytesIO(data)) for name, data in encoded.items()}
+    client.store_instances(list(datasets.values()))
+    for name, ds in datasets.items():
+        ds.encoded = encoded[name]  # type: ignore[attr-defined]
+    return datasets
+
+
+def test_retrieve_study_series_instance_bytes(
+    server: Any, client: DICOMwebClient, series: list[Dataset]
+) -> None:
+    study, uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
+    expected = {ds.SOPInstanceUID: _as_stored(ds) for ds in series}
+    retrieved = client.retrieve_study(study)
+    assert {ds.SOPInstanceUID for ds in retrieved} == set(expected)
+    assert len(client.retrieve_series(study, uid)) == 4
+    one = client.retrieve_instance(study, uid, series[2].SOPInstanceUID)
+    assert one.PixelData == series[2].PixelData
+    root = f"{server.http_url}/dicom-web/studies/{study}"
+    parts = _raw(client, root)
+    assert sorted(parts) == sorted(expected.values())
+    sop = series[1].SOPInstanceUID
+    assert _raw(client, f"{root}/series/{uid}/instances/{sop}") == [expected[sop]]
+
+
+def test_retrieve_vendor_files_as_stored_and_transcoded(
+    server: Any, client: DICOMwebClient, vendor: dict[str, Dataset]
+) -> None:
+    for ds in vendor.values():
+        url = (
+            f"{server.http_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+            f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        )
+        assert _raw(client, url) == [ds.encoded]
+    # Explicit VR Little Endian on request: compressed data comes back decoded.
+    j2k = vendor["MR_small_jp2klossless.dcm"]
+    decoded = client.retrieve_instance(
+        j2k.StudyInstanceUID,
+        j2k.SeriesInstanceUID,
+        j2k.SOPInstanceUID,
+        media_types=(("application/dicom", "1.2.840.10008.1.2.1"),),
+    )
+    assert decoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(decoded.pixel_array, j2k.pixel_array)
+    # Any other transfer syntax than the stored one is not acceptable.
+    url = f"{server.http_url}/dicom-web/studies/{j2k.StudyInstanceUID}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    response = httpx.get(url, headers={"Accept": accept})
+    assert response.status_code == 406
+    assert response.json()["error"] == "not-acceptable"
+
+
+def test_metadata(server: Any, client: DICOMwebClient, series: list[Dataset]) -> None:
+    study, uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
+    study_meta = client.retrieve_study_metadata(study)
+    assert len(study_meta) == 4
+    assert len(client.retrieve_series_metadata(study, uid)) == 4
+    meta = client.retrieve_instance_metadata(study, uid, series[0].SOPInstanceUID)
+    assert meta["00100020"]["Value"] == ["PAT001"]
+    assert meta["00280010"]["Value"] == [64]
+    pixel = meta["7FE00010"]
+    assert pixel["vr"] == "OW"
+    assert "InlineBinary" not in pixel
+    frames = client.retrieve_bulkdata(pixel["BulkDataURI"])
+    assert frames == [series[0].PixelData]
+
+
+def test_frames_native_and_compressed(
+    client: DICOMwebClient, series: list[Dataset], vendor: dict[str, Dataset]
+) -> None:
+    ds = series[0]
+    frames = client.retrieve_instance_frames(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[1]
+    )
+    assert frames == [ds.PixelData]
+    # Multi-frame RLE: decoded frames by default, in the order asked for.
+    dose = vendor["rtdose_rle.dcm"]
+    ids = (dose.StudyInstanceUID, dose.SeriesInstanceUID, dose.SOPInstanceUID)
+    got = client.retrieve_instance_frames(*ids, frame_numbers=[3, 1])
+    arr = dose.pixel_array
+    assert got == [arr[2].astype("<u4").tobytes(), arr[0].astype("<u4").tobytes()]
+    # The compressed frame as stored, when the client accepts it.
+    jpeg = vendor["SC_rgb_jpeg_dcmtk.dcm"]
+    compressed = client.retrieve_instance_frames(
+        jpeg.StudyInstanceUID,
+        jpeg.SeriesInstanceUID,
+        jpeg.SOPInstanceUID,
+        frame_numbers=[1],
+        media_types=("image/jpeg",),
+    )
+    assert compressed[0].startswith(b"\xff\xd8")
+    assert compressed[0].rstrip(b"\x00") == pydicom.encaps.get_frame(
+        jpeg.PixelData, 0, number_of_frames=1
+    ).rstrip(b"\x00")
+
+
+def test_missing_resources_are_404(server: Any, series: list[Dataset]) -> None:
+    root = f"{server.http_url}/dicom-web"
+    ds = series[0]
+    instance = f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    for url in (
+        f"{root}/studies/1.2.3",
+        f"{root}/studies/1.2.3/metadata",
+        f"{instance}/instances/1.2.3",
+        f"{instance}/instances/{ds.SOPInstanceUID}/frames/2",
+    ):
+        response = httpx.get(url)
+        assert response.status_code == 404, url
+        assert response.json()["error"] == "not-found"
+    assert httpx.get(f"{root}/nothing/here").json()["error"] == "not-found"
+
+
+def _png(data: bytes) -> np.ndarray:
+    image = Image.open(BytesIO(data))
+    assert image.format == "PNG"
+    return np.asarray(image)
+
+
+def test_rendered(server: Any, client: DICOMwebClient, series: list[Dataset]) -> None:
+    ds = series[0]
+    ids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    default = _png(client.retrieve_instance_rendered(*ids, media_types=("image/png",)))
+    assert default.shape == (64, 64)
+    narrow = _png(
+        client.retrieve_instance_rendered(
+            *ids, media_types=("image/png",), params={"window": "500,100"}
+        )
+    )
+    assert not np.array_equal(default, narrow)
+    # A window centred on the values: the brightest stored value maps to 255.
+    values = ds.pixel_array.astype(float) - 1024
+    wide = _png(
+        client.retrieve_instance_rendered(
+            *ids, params={"window": f"{values.mean()},{values.max() - values.min() + 1},linear"}
+        )
+    )
+    assert wide.max() == 255
+    assert wide.min() == 0
+    url = (
+        f"{server.http_url}/dicom-web/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}"
+        "/frames/1/rendered"
+    )
+    jpeg = httpx.get(url, headers={"Accept": "image/jpeg"})
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert Image.open(BytesIO(jpeg.content)).size == (64, 64)
+    assert httpx.get(url, headers={"Accept": "image/gif"}).status_code == 406
+    assert httpx.get(url, params={"window": "40"}).status_code == 400
+
+
+def test_rendered_vendor_images(server: Any, client: DICOMwebClient, vendor: dict[str, Dataset]) -> None:
+    for name in ("CT_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm"):
+        ds = vendor[name]
+        data = client.retrieve_instance_rendered(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        )
+        image = Image.open(BytesIO(data))
+        assert image.size == (ds.Columns, ds.Rows), name
+        assert image.mode == ("RGB" if ds.SamplesPerPixel == 3 else "L"), name
