@@ -115,7 +115,9 @@ class ConflictError(ArchiveError):
 
     code = "conflict"
     http_status = 409
-    dimse_status = DIMSE_DUPLICATE_SOP
+    # The issue asks C-STORE to "reject with a warning status": PS3.4 has no storage
+    # status for a duplicate, so the stored copy is kept and B000 carries the comment.
+    dimse_status = DIMSE_WARNING_COERCION
     default_hint = "the stored instance was kept; set archive.on_conflict = 'version' to keep both"
 
 

@@ -245,7 +245,7 @@ def test_get(node: DicomNode, study: Study, tmp_path: Path, model: str, level: s
 
 def test_get_in_stored_compressed_syntax(node: DicomNode, study: Study, tmp_path: Path) -> None:
     """With RLE proposed (+xr), the RLE instance travels as stored."""
-    log = getscu(node, tmp_path / "out", "-S", *_keys(study, "STUDY"), extra=("+xr",))
+    log = getscu(node, tmp_path / "out", "-S", *_keys(study, "STUDY"), extra=("+xr", "-d"))
 
     got = received(tmp_path / "out")
     assert set(got) == study.sops, log

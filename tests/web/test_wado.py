@@ -170,13 +170,12 @@ def test_rendered(server: Any, client: DICOMwebClient, series: list[Dataset]) ->
         )
     )
     assert not np.array_equal(default, narrow)
-    # A window centred on the values: the brightest stored value maps to 255.
+    # A window spanning exactly the rescaled values (Modality LUT: intercept -1024):
+    # the darkest maps to 0, the brightest to 255.
     values = ds.pixel_array.astype(float) - 1024
-    wide = _png(
-        client.retrieve_instance_rendered(
-            *ids, params={"window": f"{values.mean()},{values.max() - values.min() + 1},linear"}
-        )
-    )
+    low, high = values.min(), values.max()
+    window = f"{(low + high) / 2},{high - low + 1},linear"
+    wide = _png(client.retrieve_instance_rendered(*ids, params={"window": window}))
     assert wide.max() == 255
     assert wide.min() == 0
     url = (
