@@ -41,8 +41,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import corpus as corpus_mod  # noqa: E402
 from orthanc import Orthanc, free_port, orthanc_version  # noqa: E402
+
+import corpus as corpus_mod  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 CLIENT_AE = "BENCH"
@@ -141,18 +142,30 @@ class Ciams:
         self.logfile = self.data_dir.parent / f"{self.data_dir.name}.log"
         if self.mode == "cli":
             cmd = [
-                str(VENV_BIN / "ciams"), "serve",
-                "--data-dir", str(self.data_dir),
-                "--http-port", str(self.http_port),
-                "--dicom-port", str(self.dicom_port),
-                "--ae-title", self.ae_title,
+                str(VENV_BIN / "ciams"),
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--http-port",
+                str(self.http_port),
+                "--dicom-port",
+                str(self.dicom_port),
+                "--ae-title",
+                self.ae_title,
             ]
         else:
-            cmd = [sys.executable, "-c", _DIMSE_ONLY, str(self.data_dir),
-                   str(self.dicom_port), self.ae_title]
+            cmd = [
+                sys.executable,
+                "-c",
+                _DIMSE_ONLY,
+                str(self.data_dir),
+                str(self.dicom_port),
+                self.ae_title,
+            ]
         self._log = open(self.logfile, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=NODELAY_ENV)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=NODELAY_ENV
+        )
         try:
             _wait_port(self.dicom_port, self.proc, 120, self.logfile)
             if self.mode == "cli":
@@ -197,17 +210,23 @@ def detect_ciams_mode(workdir: Path) -> str:
     try:
         with Ciams(workdir, "cli"):
             return "cli"
-    except Exception as exc:  # noqa: BLE001
-        log(f"`ciams serve` does not start ({str(exc).strip().splitlines()[-1][:200]}); "
-            "falling back to Archive + DicomServer only: DICOMweb figures are skipped")
+    except Exception as exc:
+        log(
+            f"`ciams serve` does not start ({str(exc).strip().splitlines()[-1][:200]}); "
+            "falling back to Archive + DicomServer only: DICOMweb figures are skipped"
+        )
     with Ciams(workdir, "dimse"):
         return "dimse"
 
 
 def orthanc_server(workdir: Path, *, sync: bool = True) -> Orthanc:
     # 131072 is the largest PDU Orthanc accepts ("tuned"; its default is 16384).
-    return Orthanc(workdir=workdir, sync_storage=sync, calling_ae=CLIENT_AE,
-                   extra_config={"MaximumPduLength": 131072})
+    return Orthanc(
+        workdir=workdir,
+        sync_storage=sync,
+        calling_ae=CLIENT_AE,
+        extra_config={"MaximumPduLength": 131072},
+    )
 
 
 # -- measurements ------------------------------------------------------------------------
@@ -236,9 +255,22 @@ def storescu(folders: list[Path], port: int, aec: str) -> float:
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aet", CLIENT_AE, "-aec", aec, "+sd", "+r", "-nh",
-             "127.0.0.1", str(port), str(folder)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=NODELAY_ENV,
+            [
+                "storescu",
+                "-aet",
+                CLIENT_AE,
+                "-aec",
+                aec,
+                "+sd",
+                "+r",
+                "-nh",
+                "127.0.0.1",
+                str(port),
+                str(folder),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=NODELAY_ENV,
         )
         for folder in folders
     ]
@@ -260,7 +292,9 @@ def stow_bodies(datas: list[bytes], batch: int) -> list[tuple[bytes, str]]:
             parts.append(d)
             parts.append(b"\r\n")
         parts.append(f"--{boundary}--\r\n".encode())
-        out.append((b"".join(parts), f'multipart/related; type="application/dicom"; boundary={boundary}'))
+        out.append(
+            (b"".join(parts), f'multipart/related; type="application/dicom"; boundary={boundary}')
+        )
     return out
 
 
@@ -274,8 +308,11 @@ def stow(base: str, bodies: list[tuple[bytes, str]], concurrency: int) -> float:
 
     def post(item: tuple[bytes, str]) -> None:
         body, ctype = item
-        r = client().post(f"{base}/studies", content=body,
-                          headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
+        r = client().post(
+            f"{base}/studies",
+            content=body,
+            headers={"Content-Type": ctype, "Accept": "application/dicom+json"},
+        )
         if r.status_code not in (200, 202):
             raise RuntimeError(f"STOW-RS answered {r.status_code}: {r.text[:500]}")
 
@@ -289,8 +326,11 @@ def wado_study(base: str, study_uid: str) -> tuple[int, float]:
     with httpx.Client(timeout=600) as c:
         t0 = time.perf_counter()
         n = 0
-        with c.stream("GET", f"{base}/studies/{study_uid}",
-                      headers={"Accept": 'multipart/related; type="application/dicom"'}) as r:
+        with c.stream(
+            "GET",
+            f"{base}/studies/{study_uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        ) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"WADO-RS answered {r.status_code}: {r.read()[:300]!r}")
             for chunk in r.iter_raw(1 << 20):
@@ -300,13 +340,28 @@ def wado_study(base: str, study_uid: str) -> tuple[int, float]:
 
 def pct(values: list[float]) -> dict[str, float]:
     a = np.asarray(values) * 1000.0
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "mean": float(a.mean()), "n": len(values)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "mean": float(a.mean()),
+        "n": len(values),
+    }
 
 
 def findscu_once(port: int, aec: str, patient_id: str) -> tuple[float, int]:
-    cmd = ["findscu", "-S", "-aet", CLIENT_AE, "-aec", aec, "-v",
-           "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={patient_id}"]
+    cmd = [
+        "findscu",
+        "-S",
+        "-aet",
+        CLIENT_AE,
+        "-aec",
+        aec,
+        "-v",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"PatientID={patient_id}",
+    ]
     for k in FIND_KEYS:
         cmd += ["-k", k]
     cmd += ["127.0.0.1", str(port)]
@@ -362,8 +417,11 @@ class PynetdicomFinder:
 
 def qido_once(client: httpx.Client, base: str, patient_id: str) -> tuple[float, int]:
     t0 = time.perf_counter()
-    r = client.get(f"{base}/studies", params={"PatientID": patient_id},
-                   headers={"Accept": "application/dicom+json"})
+    r = client.get(
+        f"{base}/studies",
+        params={"PatientID": patient_id},
+        headers={"Accept": "application/dicom+json"},
+    )
     dt = time.perf_counter() - t0
     if r.status_code == 204:
         return dt, 0
@@ -375,12 +433,44 @@ def qido_once(client: httpx.Client, base: str, patient_id: str) -> tuple[float, 
 # -- profiling ---------------------------------------------------------------------------
 
 
+CATEGORIES = [  # (category, substring of a frame's file), matched from the leaf upwards
+    ("storage: write, fsync/syncfs, rename", "ciams/archive/storage.py"),
+    ("index: SQLAlchemy ORM + SQLite commit", "ciams/archive/index.py"),
+    ("parse: pydicom dcmread + sha256", "ciams/archive/parse.py"),
+    ("ingest glue (service.py)", "ciams/archive/service.py"),
+    ("HTTP / DICOMweb (ASGI, multipart)", "ciams/web/"),
+    ("HTTP server (uvicorn/starlette)", "uvicorn/"),
+    ("HTTP server (uvicorn/starlette)", "starlette/"),
+    ("task queue (huey consumer)", "huey/"),
+    ("pynetdicom DUL: PDU recv (4 KiB reads) + decode", "AssociationSocket.recv"),
+    ("pynetdicom DUL: PDU recv (4 KiB reads) + decode", "_read_pdu_data"),
+    ("pynetdicom DUL: PDU recv (4 KiB reads) + decode", "_decode_pdu"),
+    ("pynetdicom DUL: PDU recv (4 KiB reads) + decode", "pynetdicom/pdu"),
+    ("pynetdicom DUL: state machine, PDU send", "pynetdicom/fsm.py"),
+    ("pynetdicom DUL: state machine, PDU send", "AssociationSocket.send"),
+    ("pynetdicom DUL reactor: 1 ms polling loop (select, queues)", "pynetdicom/dul.py"),
+    ("pynetdicom DUL reactor: 1 ms polling loop (select, queues)", "pynetdicom/transport.py"),
+    ("pynetdicom DIMSE: message assembly, C-STORE-RSP", "pynetdicom/dimse"),
+    ("pynetdicom DIMSE: message assembly, C-STORE-RSP", "pynetdicom/service_class.py"),
+    ("pynetdicom DIMSE: message assembly, C-STORE-RSP", "pynetdicom/events.py"),
+    ("pynetdicom association reactor: 1 ms polling loop", "pynetdicom/association.py"),
+]
+
+
+def _short(frame: str) -> str:
+    if " (" not in frame:
+        return frame
+    func, _, where = frame.rpartition(" (")
+    return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]}" + ")"
+
+
 def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
-    """Aggregate py-spy's collapsed stacks: inclusive and self share per function, and
-    share per category of the ingest path."""
+    """Aggregate py-spy's collapsed stacks: share of samples per category of the ingest
+    path, per function (inclusive and self) and per thread."""
     inclusive: collections.Counter[str] = collections.Counter()
     self_: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
+    cats: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -389,30 +479,35 @@ def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
         count = int(count_s)
         total += count
         frames = stack.split(";")
-        threads[frames[0]] += count
-        seen = set()
-        for fr in frames[1:]:
-            name = fr.split(" (")[0] + " (" + fr.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in fr else fr
-            if name not in seen:
-                inclusive[name] += count
-                seen.add(name)
-        last = frames[-1]
-        self_[last.split(" (")[0] + " (" + last.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in last else last] += count
+        threads[frames[0].split(": ", 1)[-1]] += count
+        for name in {_short(f) for f in frames[1:]}:
+            inclusive[name] += count
+        self_[_short(frames[-1])] += count
+        cat = "other"
+        for fr in reversed(frames[1:]):
+            hit = next((c for c, pat in CATEGORIES if pat in fr), None)
+            if hit:
+                cat = hit
+                break
+        cats[cat] += count
     if not total:
         return {"samples": 0}
 
-    def share(c: collections.Counter[str]) -> list[tuple[str, float]]:
-        return [(k, round(100.0 * v / total, 1)) for k, v in c.most_common(top)]
+    def share(c: collections.Counter[str], k: int = top) -> list[tuple[str, float]]:
+        return [(name, round(100.0 * v / total, 1)) for name, v in c.most_common(k)]
 
     return {
         "samples": total,
-        "threads": share(threads),
-        "inclusive_pct": share(inclusive),
+        "categories_pct": share(cats, 50),
+        "threads_pct": share(threads, 12),
         "self_pct": share(self_),
+        "inclusive_pct": share(inclusive, 40),
     }
 
 
-def profile_cstore(mode: str, workdir: Path, ct: corpus_mod.CtCorpus, out_dir: Path) -> dict[str, Any]:
+def profile_cstore(
+    mode: str, workdir: Path, ct: corpus_mod.CtCorpus, out_dir: Path
+) -> dict[str, Any]:
     pyspy = VENV_BIN / "py-spy"
     if not pyspy.exists():
         return {"error": "py-spy is not installed in the venv (pip install py-spy)"}
@@ -421,30 +516,40 @@ def profile_cstore(mode: str, workdir: Path, ct: corpus_mod.CtCorpus, out_dir: P
         with Ciams(workdir, mode) as srv:
             tag = "1assoc" if variant.startswith("1") else "4assoc"
             raw = out_dir / f"profile-cstore-{tag}.txt"
-            svg = out_dir / f"profile-cstore-{tag}.svg"
             spy = subprocess.Popen(
-                [str(pyspy), "record", "--pid", str(srv.pid), "--rate", "200", "--threads",
-                 "--format", "raw", "--output", str(raw), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    str(pyspy),
+                    "record",
+                    "--pid",
+                    str(srv.pid),
+                    "--rate",
+                    "200",
+                    "--threads",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)
+            cpu0 = _proc_cpu_seconds(srv.pid) or 0.0
             elapsed = storescu(folders, srv.dicom_port, srv.ae_title)
+            cpu1 = _proc_cpu_seconds(srv.pid) or 0.0
             spy.send_signal(signal.SIGINT)
             try:
                 spy.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 spy.kill()
-            # the same stacks as a flame graph, for people
-            subprocess.run(
-                [str(pyspy), "record", "--pid", str(srv.pid), "--duration", "1", "-o", str(svg)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False,
-            )
-            cpu = _proc_cpu_seconds(srv.pid)
             summary = summarize_profile(raw) if raw.exists() else {"samples": 0}
             summary["seconds"] = round(elapsed, 2)
             summary["instances_per_s_under_profiler"] = round(len(ct.files) / elapsed, 1)
-            summary["server_cpu_seconds"] = cpu
-            summary["raw"] = str(raw)
+            summary["server_cpu_ms_per_instance_under_profiler"] = round(
+                1000 * (cpu1 - cpu0) / len(ct.files), 2
+            )
+            summary["raw"] = str(raw.relative_to(HERE))
             results[variant] = summary
     return results
 
@@ -476,29 +581,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"CT corpus: {n} instances, {mb:.1f} MB in {ct.root}")
 
     mode = detect_ciams_mode(runs)
-    log(f"CIAMS launched as: {'ciams serve' if mode == 'cli' else 'Archive + DicomServer (no HTTP)'}")
+    log(
+        f"CIAMS launched as: {'ciams serve' if mode == 'cli' else 'Archive + DicomServer (no HTTP)'}"
+    )
 
     def ingest_figure(key: str, label: str, folders: list[Path]) -> None:
         inst = Figure(f"{key}_instances_per_s", f"{label} (instances/s)", "instances/s", "higher")
         mbs = Figure(f"{key}_mb_per_s", f"{label} (MB/s)", "MB/s", "higher")
         times: dict[str, list[float]] = {"CIAMS": [], "Orthanc": []}
+        cpu: dict[str, list[float]] = {"CIAMS": [], "Orthanc": []}
         for rep in range(args.repeat):
             order = ["CIAMS", "Orthanc"] if rep % 2 == 0 else ["Orthanc", "CIAMS"]
             for who in order:
                 srv: Any = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
                 with srv:
-                    ae = srv.ae_title
-                    dt = storescu(folders, srv.dicom_port, ae)
+                    cpu0 = _proc_cpu_seconds(srv.pid)
+                    dt = storescu(folders, srv.dicom_port, srv.ae_title)
+                    cpu1 = _proc_cpu_seconds(srv.pid)
                     got = srv.count_instances()
                 if got != n:
                     raise RuntimeError(f"{who} indexed {got} of {n} instances after {label}")
                 times[who].append(dt)
-                log(f"{label}: {who} {n / dt:.1f} instances/s ({dt:.2f}s)")
+                if cpu0 is not None and cpu1 is not None:
+                    cpu[who].append(1000.0 * (cpu1 - cpu0) / n)
+                log(
+                    f"{label}: {who} {n / dt:.1f} instances/s ({dt:.2f}s, server CPU "
+                    f"{cpu[who][-1] if cpu[who] else float('nan'):.1f} ms/instance)"
+                )
         for who, attr in (("CIAMS", "ciams"), ("Orthanc", "orthanc")):
             best = min(times[who])
             setattr(inst, attr, n / best)
             setattr(mbs, attr, mb / best)
-            inst.detail[who] = {"seconds": [round(t, 3) for t in times[who]]}
+            inst.detail[who] = {
+                "seconds": [round(t, 3) for t in times[who]],
+                "server_cpu_ms_per_instance": [round(c, 2) for c in cpu[who]],
+            }
         figures.extend([inst, mbs])
 
     if "ingest" in only:
@@ -510,7 +627,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         datas = corpus_mod.load_bytes(ct)
         bodies = stow_bodies(datas, STOW_BATCH)
         del datas
-        inst = Figure("stow_instances_per_s", f"STOW-RS ({STOW_BATCH}/request, {STOW_CONCURRENCY} concurrent) (instances/s)", "instances/s", "higher")
+        inst = Figure(
+            "stow_instances_per_s",
+            f"STOW-RS ({STOW_BATCH}/request, {STOW_CONCURRENCY} concurrent) (instances/s)",
+            "instances/s",
+            "higher",
+        )
         mbs = Figure("stow_mb_per_s", "STOW-RS (MB/s)", "MB/s", "higher")
         for who in ("CIAMS", "Orthanc"):
             srv = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
@@ -534,7 +656,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "wado" in only and wado_targets:
             study = ct.largest_study()
             size = ct.study_bytes[study] / 1e6
-            fig = Figure("wado_study_mb_per_s", f"WADO-RS study retrieve ({ct.studies[study]} instances, {size:.0f} MB) (MB/s)", "MB/s", "higher")
+            fig = Figure(
+                "wado_study_mb_per_s",
+                f"WADO-RS study retrieve ({ct.studies[study]} instances, {size:.0f} MB) (MB/s)",
+                "MB/s",
+                "higher",
+            )
             rates: dict[str, list[float]] = {"CIAMS": [], "Orthanc": []}
             for _ in range(WADO_REPEAT):
                 for who, srv in wado_targets:
@@ -572,10 +699,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fairness": {
             "TCP_NODELAY": "1 in the environment of Orthanc, storescu and findscu; CIAMS sets TCP_NODELAY itself",
             "orthanc": "Debian's orthanc, private process, default SQLite index, StorageCompression false, "
-                       "SyncStorageArea true (fsync per file; index load for queries: false), "
-                       "MaximumPduLength 131072, DICOMweb plugin, StorageAccessOnFind default (Always)",
+            "SyncStorageArea true (fsync per file; index load for queries: false), "
+            "MaximumPduLength 131072, DICOMweb plugin, StorageAccessOnFind default (Always)",
             "ciams": f"{'ciams serve' if mode == 'cli' else 'Archive + DicomServer'} in its own process, "
-                     "SQLite WAL synchronous=FULL, files fsynced before acknowledgement",
+            "SQLite WAL synchronous=FULL, files fsynced before acknowledgement",
             "fresh_server_per_ingest_measurement": True,
             "ingest_repeats": args.repeat,
             "ingest_figure": "best of repeats (order alternates)",
@@ -588,15 +715,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "index_patients": max(1, args.index_rows // corpus_mod.INDEX_INSTANCES_PER_PATIENT),
         },
         "ratio_convention": "ratio > 1 means CIAMS is better: CIAMS/Orthanc for throughput, "
-                            "Orthanc/CIAMS for latency",
+        "Orthanc/CIAMS for latency",
         "figures": [dict(asdict(f), ratio=f.ratio) for f in figures],
         "notes": notes,
         **extra,
     }
 
 
-def query_figures(args: argparse.Namespace, runs: Path, mode: str, notes: list[str],
-                  extra: dict[str, Any]) -> list[Figure]:
+def query_figures(
+    args: argparse.Namespace, runs: Path, mode: str, notes: list[str], extra: dict[str, Any]
+) -> list[Figure]:
     rows = args.index_rows
     idx = corpus_mod.index_corpus(rows, log=log)
     ciams_dir = Path(tempfile.mkdtemp(prefix="ciams-index-", dir=runs))
@@ -614,8 +742,13 @@ def query_figures(args: argparse.Namespace, runs: Path, mode: str, notes: list[s
         got = orth.count_instances()
         log(f"Orthanc index: {got} instances in {dt:.1f}s ({got / dt:.0f} instances/s, no fsync)")
         if got != rows or ciams.count_instances() != rows:
-            raise RuntimeError(f"index sizes differ: Orthanc {got}, CIAMS {ciams.count_instances()}")
-        extra["index_load"] = {"orthanc_seconds": round(dt, 1), "ciams_direct_rows_seconds": round(load_ciams, 1)}
+            raise RuntimeError(
+                f"index sizes differ: Orthanc {got}, CIAMS {ciams.count_instances()}"
+            )
+        extra["index_load"] = {
+            "orthanc_seconds": round(dt, 1),
+            "ciams_direct_rows_seconds": round(load_ciams, 1),
+        }
         patients = corpus_mod.sample_patients(idx, args.queries)
         warm = corpus_mod.sample_patients(idx, 10, seed=99)
         servers = [("CIAMS", ciams), ("Orthanc", orth)]
@@ -630,27 +763,42 @@ def query_figures(args: argparse.Namespace, runs: Path, mode: str, notes: list[s
                 for who in order:
                     dt, found = fns[who](p)
                     if found != 1:
-                        raise RuntimeError(f"{label}: {who} found {found} studies for {p}, expected 1")
+                        raise RuntimeError(
+                            f"{label}: {who} found {found} studies for {p}, expected 1"
+                        )
                     lat[who].append(dt)
             pc = {who: pct(v) for who, v in lat.items()}
             out = []
             for q in ("p50", "p95"):
-                f = Figure(f"{key}_{q}_ms", f"{label} {q} (ms)", "ms", "lower",
-                           pc["CIAMS"][q], pc["Orthanc"][q])
-                f.detail = {"queries": len(patients), "mean_ms": {w: round(pc[w]["mean"], 2) for w in pc}}
+                f = Figure(
+                    f"{key}_{q}_ms",
+                    f"{label} {q} (ms)",
+                    "ms",
+                    "lower",
+                    pc["CIAMS"][q],
+                    pc["Orthanc"][q],
+                )
+                f.detail = {
+                    "queries": len(patients),
+                    "mean_ms": {w: round(pc[w]["mean"], 2) for w in pc},
+                }
                 out.append(f)
-            log(f"{label}: CIAMS p50 {pc['CIAMS']['p50']:.1f} ms p95 {pc['CIAMS']['p95']:.1f} ms | "
-                f"Orthanc p50 {pc['Orthanc']['p50']:.1f} ms p95 {pc['Orthanc']['p95']:.1f} ms")
+            log(
+                f"{label}: CIAMS p50 {pc['CIAMS']['p50']:.1f} ms p95 {pc['CIAMS']['p95']:.1f} ms | "
+                f"Orthanc p50 {pc['Orthanc']['p50']:.1f} ms p95 {pc['Orthanc']['p95']:.1f} ms"
+            )
             return out
 
         figures += measure(
-            "C-FIND by PatientID, findscu per query", "cfind_findscu",
+            "C-FIND by PatientID, findscu per query",
+            "cfind_findscu",
             {who: (lambda p, s=s: findscu_once(s.dicom_port, s.ae_title, p)) for who, s in servers},
         )
         finders = {who: PynetdicomFinder(s.dicom_port, s.ae_title) for who, s in servers}
         try:
             figures += measure(
-                "C-FIND by PatientID, pynetdicom, 1 association", "cfind_assoc",
+                "C-FIND by PatientID, pynetdicom, 1 association",
+                "cfind_assoc",
                 {who: finders[who].query for who in finders},
             )
         finally:
@@ -660,9 +808,12 @@ def query_figures(args: argparse.Namespace, runs: Path, mode: str, notes: list[s
             clients = {who: httpx.Client(timeout=60) for who, _ in servers}
             try:
                 figures += measure(
-                    "QIDO-RS /studies?PatientID, keep-alive", "qido",
-                    {who: (lambda p, s=s, c=clients[who]: qido_once(c, s.dicomweb_url, p))
-                     for who, s in servers},
+                    "QIDO-RS /studies?PatientID, keep-alive",
+                    "qido",
+                    {
+                        who: (lambda p, s=s, c=clients[who]: qido_once(c, s.dicomweb_url, p))
+                        for who, s in servers
+                    },
                 )
             finally:
                 for c in clients.values():
@@ -718,8 +869,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     ]
     for f in result["figures"]:
         r = f["ratio"]
-        lines.append(f"| {f['label']} | {fmt(f['ciams'], f['unit'])} | "
-                     f"{fmt(f['orthanc'], f['unit'])} | {'—' if r is None else f'{r:.2f}×'} |")
+        lines.append(
+            f"| {f['label']} | {fmt(f['ciams'], f['unit'])} | "
+            f"{fmt(f['orthanc'], f['unit'])} | {'—' if r is None else f'{r:.2f}×'} |"
+        )
     return "\n".join(lines)
 
 
@@ -727,15 +880,21 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="CIAMS vs Orthanc (ratio > 1 = CIAMS better: CIAMS/Orthanc for "
-                    "throughput, Orthanc/CIAMS for latency)")
+    t = Table(
+        title="CIAMS vs Orthanc (ratio > 1 = CIAMS better: CIAMS/Orthanc for "
+        "throughput, Orthanc/CIAMS for latency)"
+    )
     for col in ("figure", "CIAMS", "Orthanc", "ratio"):
         t.add_column(col, justify="left" if col == "figure" else "right")
     for f in result["figures"]:
         r = f["ratio"]
         style = "" if r is None else ("green" if r >= 1 else "red")
-        t.add_row(f["label"], fmt(f["ciams"], f["unit"]), fmt(f["orthanc"], f["unit"]),
-                  "—" if r is None else f"[{style}]{r:.2f}×[/{style}]")
+        t.add_row(
+            f["label"],
+            fmt(f["ciams"], f["unit"]),
+            fmt(f["orthanc"], f["unit"]),
+            "—" if r is None else f"[{style}]{r:.2f}×[/{style}]",
+        )
     Console().print(t)
 
 
@@ -759,13 +918,24 @@ def update_readme(result: dict[str, Any], json_name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--instances", type=int, default=None, help="CT instances (default 2000)")
-    ap.add_argument("--index-rows", type=int, default=None, help="indexed instances for queries (default 100000)")
+    ap.add_argument(
+        "--index-rows",
+        type=int,
+        default=None,
+        help="indexed instances for queries (default 100000)",
+    )
     ap.add_argument("--queries", type=int, default=None, help="queries per method (default 200)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each C-STORE figure (best kept)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 200 instances, 5000 index rows, 50 queries")
-    ap.add_argument("--profile", action="store_true", help="also profile CIAMS's C-STORE path with py-spy")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 200 instances, 5000 index rows, 50 queries"
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="also profile CIAMS's C-STORE path with py-spy"
+    )
     ap.add_argument("--only", default="", help="comma list of: ingest,stow,wado,query")
     ap.add_argument("--no-readme", action="store_true", help="do not update the README table")
     args = ap.parse_args(argv)

@@ -89,8 +89,11 @@ def count_leaks(out: Path, planted: dict[str, int]) -> dict[str, object]:
         else:
             ms.dates[k] = v
     hits: dict[str, int] = {}
-    files = [p for p in out.rglob("*") if p.is_file()
-             and "quarantine" not in p.parts and not p.name.endswith(".json")]
+    files = [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and "quarantine" not in p.parts and not p.name.endswith(".json")
+    ]
     for p in files:
         hits.update(ms.found_in(p.read_bytes()))
     from pydicom.datadict import keyword_for_tag
@@ -115,13 +118,31 @@ def main() -> int:
     make_corpus(corpus, args.n)
     env = {**os.environ, "CIAMS_DEID_SECRET": "benchmark-secret-0123456789"}
     subjects = WORK / "subjects.csv"
-    subjects.write_text("patient_id,subject_id\n" + "".join(
-        f"MRN{i:04d},BENCH-{i:04d}\n" for i in range(args.n // 100 + 1)))
+    subjects.write_text(
+        "patient_id,subject_id\n"
+        + "".join(f"MRN{i:04d},BENCH-{i:04d}\n" for i in range(args.n // 100 + 1))
+    )
     tools = {
-        "ciams": lambda src, dst: [sys.executable, "-m", "ciams.deid.cli", str(src), str(dst),
-                                   "--subjects", str(subjects), "--jobs", "0"],
-        "dicognito": lambda src, dst: [args.tools_python, "-m", "dicognito", "--quiet",
-                                       "--output-directory", str(dst), str(src)],
+        "ciams": lambda src, dst: [
+            sys.executable,
+            "-m",
+            "ciams.deid.cli",
+            str(src),
+            str(dst),
+            "--subjects",
+            str(subjects),
+            "--jobs",
+            "0",
+        ],
+        "dicognito": lambda src, dst: [
+            args.tools_python,
+            "-m",
+            "dicognito",
+            "--quiet",
+            "--output-directory",
+            str(dst),
+            str(src),
+        ],
         "deid": lambda src, dst: [args.tools_python, "-c", DEID_SCRIPT, str(src), str(dst)],
     }
     speed: dict[str, dict[str, float]] = {}
@@ -143,13 +164,35 @@ def main() -> int:
     basic = WORK / "markers" / "basic.yaml"
     basic.write_text('recipe: 1\nname: bench-basic\nversion: "1"\nprofile: {options: []}\n')
     leak_tools = {
-        "ciams (basic profile)": [sys.executable, "-m", "ciams.deid.cli", str(marker_dir),
-                                  "{dst}", "--subjects", str(WORK / "markers" / "subjects.csv"),
-                                  "--recipe", str(basic)],
-        "ciams (default recipe)": [sys.executable, "-m", "ciams.deid.cli", str(marker_dir),
-                                   "{dst}", "--subjects", str(WORK / "markers" / "subjects.csv")],
-        "dicognito": [args.tools_python, "-m", "dicognito", "--quiet", "--output-directory",
-                      "{dst}", str(marker_dir)],
+        "ciams (basic profile)": [
+            sys.executable,
+            "-m",
+            "ciams.deid.cli",
+            str(marker_dir),
+            "{dst}",
+            "--subjects",
+            str(WORK / "markers" / "subjects.csv"),
+            "--recipe",
+            str(basic),
+        ],
+        "ciams (default recipe)": [
+            sys.executable,
+            "-m",
+            "ciams.deid.cli",
+            str(marker_dir),
+            "{dst}",
+            "--subjects",
+            str(WORK / "markers" / "subjects.csv"),
+        ],
+        "dicognito": [
+            args.tools_python,
+            "-m",
+            "dicognito",
+            "--quiet",
+            "--output-directory",
+            "{dst}",
+            str(marker_dir),
+        ],
         "deid": [args.tools_python, "-c", DEID_SCRIPT, str(marker_dir), "{dst}"],
     }
     leaks: dict[str, object] = {}
@@ -157,20 +200,30 @@ def main() -> int:
         dst = WORK / "markers" / ("out_" + name.split()[0] + str(len(name)))
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
-        subprocess.run([c.replace("{dst}", str(dst)) for c in cmd], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [c.replace("{dst}", str(dst)) for c in cmd],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         leaks[name] = count_leaks(dst, planted)
         print(f"{name:24s} leaked markers: {leaks[name]['leaked_markers']}")  # type: ignore[index]
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "corpus": {"kind": "synthetic CT 512x512x16 bit", "instances": args.n},
         "speed": speed,
         "ratio_vs_faster_competitor": round(ratio, 2),
-        "marker_corpus": {"planted_non_retained_markers": len(planted), "results": leaks,
-                          "note": "ciams default recipe keeps cleaned descriptors and "
-                                  "patient characteristics by design"},
+        "marker_corpus": {
+            "planted_non_retained_markers": len(planted),
+            "results": leaks,
+            "note": "ciams default recipe keeps cleaned descriptors and "
+            "patient characteristics by design",
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "deid.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
 WORK = Path(__file__).resolve().parent / "work"
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root: synthetic, no real patient
@@ -415,8 +415,10 @@ def ciams_index_rows(rows: int, db_url: str, *, log: Any = print) -> None:
         for start in range(0, len(in_rows), 10000):
             conn.execute(insert(Instance), in_rows[start : start + 10000])
     engine.dispose()
-    log(f"CIAMS index: {len(p_rows)} patients, {len(st_rows)} studies, "
-        f"{len(se_rows)} series, {len(in_rows)} instances written directly")
+    log(
+        f"CIAMS index: {len(p_rows)} patients, {len(st_rows)} studies, "
+        f"{len(se_rows)} series, {len(in_rows)} instances written directly"
+    )
 
 
 def sample_patients(corpus: IndexCorpus, k: int, seed: int = 7) -> list[str]:

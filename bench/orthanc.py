@@ -114,8 +114,13 @@ class Orthanc:
             "MetricsEnabled": False,
             "LuaScripts": [],
             "Plugins": [plugin] if plugin else [],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
-                         "Host": f"127.0.0.1:{self.http_port}", "Ssl": False},
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": False,
+                "Host": f"127.0.0.1:{self.http_port}",
+                "Ssl": False,
+            },
         }
         cfg.update(self.extra_config)
         return cfg

@@ -110,3 +110,38 @@ def test_bad_keys(filled: Archive) -> None:
         filled.find(FindQuery("STUDY", {"NoSuchKeyword": "x"}, []))
     with pytest.raises(InvalidRequestError):
         filled.find(FindQuery("STUDY", {"SOPInstanceUID": "1.2"}, []))
+
+
+def test_scope_limits_every_read(archive: Archive) -> None:
+    from ciams.archive import Scope
+
+    a = make_instance(patient_id="SHARED", rows=8, columns=8)
+    b = make_instance(patient_id="SHARED", rows=8, columns=8)
+    assert archive.ingest(to_bytes(a), {"trial": "T1", "site": "S1", "scoped": "1"}).ok
+    assert archive.ingest(to_bytes(b), {"trial": "T1", "site": "S2", "scoped": "1"}).ok
+    s1 = Scope((("T1", "S1"),))
+    trial = Scope((("T1", ""),))
+    nobody = Scope(())
+    uids = lambda scope: sorted(  # noqa: E731
+        str(d.StudyInstanceUID)
+        for d in archive.find(FindQuery("STUDY", {}, ["StudyInstanceUID"]), scope=scope)
+    )
+    assert uids(s1) == [a.StudyInstanceUID]
+    assert uids(trial) == sorted([a.StudyInstanceUID, b.StudyInstanceUID])
+    assert uids(nobody) == []
+    patients = archive.find(
+        FindQuery("PATIENT", {}, ["PatientID", "NumberOfPatientRelatedStudies"]), scope=s1
+    )
+    assert [(p.PatientID, p.NumberOfPatientRelatedStudies) for p in patients] == [("SHARED", 1)]
+    assert archive.instances(b.StudyInstanceUID, scope=s1) == []
+    assert len(archive.instances(b.StudyInstanceUID, scope=trial)) == 1
+
+
+def test_scoped_sender_cannot_add_to_another_sites_study(archive: Archive) -> None:
+    first = make_instance(rows=8, columns=8)
+    assert archive.ingest(to_bytes(first), {"trial": "T1", "site": "S1", "scoped": "1"}).ok
+    intruder = make_instance(rows=8, columns=8, study_uid=str(first.StudyInstanceUID))
+    result = archive.ingest(to_bytes(intruder), {"trial": "T1", "site": "S2", "scoped": "1"})
+    assert result.status == "rejected" and result.error is not None
+    assert result.error.http_status == 403
+    assert len(archive.instances(str(first.StudyInstanceUID))) == 1

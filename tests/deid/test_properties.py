@@ -21,7 +21,7 @@ RECIPE = default_recipe()
 PROFILE = compile_profile(RECIPE.options)
 TEXT_TAGS = sorted(
     t for t, (_kw, vr, *_r) in annex_e.ATTRIBUTES.items()
-    if vr in ("LO", "SH", "PN", "ST", "LT", "UT") and t >> 16 not in (0, 2)
+    if vr in ("LO", "SH", "PN", "ST", "LT", "UT") and t >> 16 not in (0, 2) and t != 0x00100020
 )
 VALUE = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ", min_size=8, max_size=12)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from pynetdicom import AE, build_role, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from ciams.net import AERegistry
 from tests.corpus import make_instance, write
@@ -243,15 +247,48 @@ def test_get(node: DicomNode, study: Study, tmp_path: Path, model: str, level: s
     assert_same_content(node, compressed, as_stored=False)
 
 
-def test_get_in_stored_compressed_syntax(node: DicomNode, study: Study, tmp_path: Path) -> None:
-    """With RLE proposed (+xr), the RLE instance travels as stored."""
-    log = getscu(node, tmp_path / "out", "-S", *_keys(study, "STUDY"), extra=("+xr", "-d"))
+def test_get_sends_stored_compressed_syntax_when_accepted(node: DicomNode, study: Study) -> None:
+    """A requestor that offers RLE and native syntaxes in separate contexts (which
+    getscu cannot do) receives the RLE instance as stored and the others natively."""
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for ts in (RLELossless, JPEGLSLossless, ExplicitVRLittleEndian):
+        ae.add_requested_context(CTImageStorage, ts)
+    got: dict[str, tuple[str, bytes]] = {}
 
-    got = received(tmp_path / "out")
-    assert set(got) == study.sops, log
-    rle = {s: ds for s, ds in got.items() if study.syntax[s] == RLELossless}
-    assert len(rle) == 1
-    assert_same_content(node, rle, as_stored=True)
+    def on_store(event: Event) -> int:
+        got[event.request.AffectedSOPInstanceUID] = (
+            event.context.transfer_syntax,
+            event.encoded_dataset(),
+        )
+        return 0x0000
+
+    roles = [build_role(CTImageStorage, scp_role=True)]
+    assoc = ae.associate(
+        "127.0.0.1",
+        node.dicom_port,
+        ae_title=node.ae_title,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study.study_uid
+    try:
+        statuses = [
+            int(status.Status)
+            for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+        ]
+    finally:
+        assoc.release()
+
+    assert statuses[-1] == 0x0000
+    assert set(got) == study.sops
+    for sop, (ts, data) in got.items():
+        assert ts == study.syntax[sop]
+        ds = pydicom.dcmread(BytesIO(data))
+        assert ds == stored(node, sop)
 
 
 def test_get_reports_failed_sub_operations(node: DicomNode, study: Study, tmp_path: Path) -> None:

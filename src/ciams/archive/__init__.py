@@ -6,7 +6,7 @@ Other domains use only what is exported here.
 from ciams.archive.index import IndexOutcome, IndexRequest
 from ciams.archive.parse import ParsedInstance, parse_instance
 from ciams.archive.quarantine import Quarantine, QuarantineEntry
-from ciams.archive.query import COLUMNS, COMPUTED, LEVELS, FindQuery, Level
+from ciams.archive.query import COLUMNS, COMPUTED, EVERYTHING, LEVELS, FindQuery, Level, Scope
 from ciams.archive.service import (
     Archive,
     FsckReport,
@@ -19,6 +19,7 @@ from ciams.archive.storage import LocalStorage, StorageArea, content_key
 __all__ = [
     "COLUMNS",
     "COMPUTED",
+    "EVERYTHING",
     "LEVELS",
     "Archive",
     "FindQuery",
@@ -32,6 +33,7 @@ __all__ = [
     "ParsedInstance",
     "Quarantine",
     "QuarantineEntry",
+    "Scope",
     "StorageArea",
     "StudySummary",
     "content_key",

@@ -28,7 +28,7 @@ from ciams.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["stored", "duplicate", "versioned", "conflict"]
+Outcome = Literal["stored", "duplicate", "versioned", "conflict", "out-of-scope"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class IndexWriter:
         self._on_commit = on_commit
         self._queue: queue.Queue[tuple[IndexRequest, Future[IndexOutcome]] | None] = queue.Queue()
         self._series_cache: dict[str, int] = {}
-        self._study_cache: dict[str, int] = {}
+        self._study_cache: dict[str, tuple[int, str, str]] = {}
         self._patient_cache: dict[tuple[str, str], int] = {}
         self._thread = threading.Thread(target=self._run, name="ciams-index-writer", daemon=True)
         self._thread.start()
@@ -144,6 +144,15 @@ class IndexWriter:
             select(Instance).where(Instance.sop_instance_uid == parsed.sop_instance_uid)
         )
         values = parsed.index_values()
+        values["study"]["trial_code"] = req.source.get("trial", "")[:64]
+        values["study"]["site_code"] = req.source.get("site", "")[:64]
+        owner = self._study_owner(session, values["study"]["study_instance_uid"])
+        if owner is not None and req.source.get("scoped") and owner != (
+            values["study"]["trial_code"],
+            values["study"]["site_code"],
+        ):
+            # A scoped sender may not add to (or replace in) another trial's or site's study.
+            return IndexOutcome("out-of-scope")
         if existing is not None:
             if existing.sha256 == parsed.sha256:
                 return IndexOutcome("duplicate")
@@ -208,22 +217,36 @@ class IndexWriter:
         self._series_cache[uid] = pk
         return pk, True
 
-    def _study_pk(self, session: Session, values: dict[str, dict[str, Any]], now: datetime) -> int:
-        uid = values["study"]["study_instance_uid"]
+    def _study_owner(self, session: Session, uid: str) -> tuple[str, str] | None:
+        """(trial, site) of a stored study, None when the study is new."""
         cached = self._study_cache.get(uid)
         if cached is not None:
-            return cached
-        found = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
-        if found is None:
-            patient_pk = self._patient_pk(session, values, now)
-            found = _get_or_create(
-                session,
-                Study,
-                Study.study_instance_uid == uid,
-                dict(values["study"], patient_pk=patient_pk, created_at=now),
+            return cached[1], cached[2]
+        row = session.execute(
+            select(Study.id, Study.trial_code, Study.site_code).where(
+                Study.study_instance_uid == uid
             )
-        self._study_cache[uid] = found
-        return found
+        ).first()
+        if row is None:
+            return None
+        self._study_cache[uid] = (row[0], row[1], row[2])
+        return row[1], row[2]
+
+    def _study_pk(self, session: Session, values: dict[str, dict[str, Any]], now: datetime) -> int:
+        study = values["study"]
+        uid = study["study_instance_uid"]
+        cached = self._study_cache.get(uid)
+        if cached is not None:
+            return cached[0]
+        patient_pk = self._patient_pk(session, values, now)
+        pk = _get_or_create(
+            session,
+            Study,
+            Study.study_instance_uid == uid,
+            dict(study, patient_pk=patient_pk, created_at=now),
+        )
+        self._study_cache[uid] = (pk, study["trial_code"], study["site_code"])
+        return pk
 
     def _patient_pk(
         self, session: Session, values: dict[str, dict[str, Any]], now: datetime

@@ -44,6 +44,10 @@ class Study(Base):
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician_name: Mapped[str] = mapped_column(String(324), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # Who the study belongs to ('' = unscoped, e.g. an administrator's import): the
+    # access policy limits every query and retrieval to the caller's trials and sites.
+    trial_code: Mapped[str] = mapped_column(String(64), default="", index=True)
+    site_code: Mapped[str] = mapped_column(String(64), default="", index=True)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")

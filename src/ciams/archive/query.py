@@ -12,13 +12,13 @@ from the stored file when asked for as return keys.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ciams.archive.models import Instance, Patient, Series, Study
@@ -79,6 +79,37 @@ COMPUTED: dict[str, Level] = {
 _UID_LIST_SPLIT = str.maketrans({",": "\\"})
 
 
+@dataclass(frozen=True)
+class Scope:
+    """Which studies a caller may see: ``grants`` of (trial, site), '' meaning any;
+    ``None`` grants everything (administrators, the archive's own work)."""
+
+    grants: tuple[tuple[str, str], ...] | None = None
+
+    def study_clause(self) -> ColumnElement[bool] | None:
+        """A WHERE clause on :class:`Study`, None when unrestricted."""
+        if self.grants is None:
+            return None
+        if not self.grants:
+            return false()
+        parts: list[ColumnElement[bool]] = []
+        for trial, site in self.grants:
+            conds = [Study.trial_code == trial] if trial else []
+            if site:
+                conds.append(Study.site_code == site)
+            parts.append(and_(*conds) if conds else true())
+        return or_(*parts)
+
+    def allows(self, trial: str, site: str) -> bool:
+        """Whether a study of this trial and site is visible."""
+        if self.grants is None:
+            return True
+        return any((not t or t == trial) and (not s or s == site) for t, s in self.grants)
+
+
+EVERYTHING = Scope()
+
+
 @dataclass
 class FindQuery:
     """A query at one level: matching keys and the keys to return."""
@@ -108,16 +139,11 @@ def level_index(level: Level) -> int:
     return LEVELS.index(level)
 
 
-def find(
-    session: Session,
-    query: FindQuery,
-    *,
-    restrict: Callable[[Select[Any]], Select[Any]] | None = None,
-) -> FindResult:
+def find(session: Session, query: FindQuery, *, scope: Scope = EVERYTHING) -> FindResult:
     """Run a query against the index."""
     depth = level_index(query.level)
     model = _LEVEL_MODEL[query.level]
-    stmt: Select[Any] = select(Patient)
+    stmt: Any = select(Patient)
     entities: list[Any] = [Patient]
     if depth >= 1:
         stmt = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
@@ -141,8 +167,12 @@ def find(
         clause = _clause(keyword, value, depth, query.fuzzy_names)
         if clause is not None:
             stmt = stmt.where(clause)
-    if restrict is not None:
-        stmt = restrict(stmt)
+    visible = scope.study_clause()
+    if visible is not None:
+        if depth == 0:
+            stmt = stmt.where(exists().where((Study.patient_pk == Patient.id) & visible))
+        else:
+            stmt = stmt.where(visible)
     stmt = stmt.order_by(model.id)
     if query.offset:
         stmt = stmt.offset(query.offset)
@@ -152,7 +182,7 @@ def find(
 
     wanted = list(dict.fromkeys(query.return_keys))
     file_keys = [k for k in wanted if k not in COLUMNS and k not in COMPUTED and tag_for_keyword(k)]
-    computed = _computed_values(session, query.level, wanted, rows)
+    computed = _computed_values(session, query.level, wanted, rows, visible)
     matches: list[Dataset] = []
     storage_keys: list[str] = []
     for row in rows:
@@ -209,8 +239,16 @@ def _set(ds: Dataset, keyword: str, value: Any) -> None:
     ds.add_new(keyword, vr, value)
 
 
+def _visible(clause: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
+    return [] if clause is None else [clause]
+
+
 def _computed_values(
-    session: Session, level: Level, wanted: list[str], rows: Iterable[Any]
+    session: Session,
+    level: Level,
+    wanted: list[str],
+    rows: Iterable[Any],
+    visible: ColumnElement[bool] | None = None,
 ) -> dict[str, dict[int, Any]]:
     rows = list(rows)
     keys = [k for k in wanted if k in COMPUTED and level_index(COMPUTED[k]) <= level_index(level)]
@@ -230,7 +268,7 @@ def _computed_values(
         elif key == "NumberOfPatientRelatedStudies":
             stmt = (
                 select(Study.patient_pk, func.count(Study.id))
-                .where(Study.patient_pk.in_(ids("PATIENT")))
+                .where(Study.patient_pk.in_(ids("PATIENT")), *_visible(visible))
                 .group_by(Study.patient_pk)
             )
             out[key] = dict(session.execute(stmt).all())
@@ -238,7 +276,7 @@ def _computed_values(
             stmt = (
                 select(Study.patient_pk, func.count(Series.id))
                 .join(Series, Series.study_pk == Study.id)
-                .where(Study.patient_pk.in_(ids("PATIENT")))
+                .where(Study.patient_pk.in_(ids("PATIENT")), *_visible(visible))
                 .group_by(Study.patient_pk)
             )
             out[key] = dict(session.execute(stmt).all())
@@ -247,7 +285,7 @@ def _computed_values(
                 select(Study.patient_pk, func.count(Instance.id))
                 .join(Series, Series.study_pk == Study.id)
                 .join(Instance, Instance.series_pk == Series.id)
-                .where(Study.patient_pk.in_(ids("PATIENT")))
+                .where(Study.patient_pk.in_(ids("PATIENT")), *_visible(visible))
                 .group_by(Study.patient_pk)
             )
             out[key] = dict(session.execute(stmt).all())

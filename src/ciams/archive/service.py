@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ciams import db
@@ -25,10 +25,11 @@ from ciams.archive.index import IndexOutcome, IndexRequest, IndexWriter
 from ciams.archive.models import Instance, InstanceVersion, Patient, Series, Study
 from ciams.archive.parse import ParsedInstance, parse_instance
 from ciams.archive.quarantine import Quarantine
-from ciams.archive.query import FindQuery, find
+from ciams.archive.query import EVERYTHING, FindQuery, Scope, find
 from ciams.archive.storage import LocalStorage, StorageArea, content_key, same_filesystem
 from ciams.config import Settings
 from ciams.errors import (
+    AccessDeniedError,
     CiamsError,
     ConflictError,
     InvalidInstanceError,
@@ -240,6 +241,13 @@ class Archive:
             outcome = self._writer.submit(IndexRequest(parsed, key, source))
         except CiamsError as exc:
             return self._reject(data, exc, source, parsed=parsed, status="failed")
+        if outcome.outcome == "out-of-scope":
+            self._drop_unreferenced(key, parsed.sha256)
+            denied = AccessDeniedError(
+                f"cannot store into study {parsed.study_instance_uid}: it belongs to "
+                "another trial or site"
+            )
+            return self._reject(data, denied, source, parsed=parsed)
         if outcome.outcome == "conflict":
             self._drop_unreferenced(key, parsed.sha256)
             conflict = ConflictError(
@@ -301,12 +309,12 @@ class Archive:
     # -- reads ---------------------------------------------------------------------------
 
     def find(
-        self, query: FindQuery, *, restrict: Callable[[Select[Any]], Select[Any]] | None = None
+        self, query: FindQuery, *, scope: Scope = EVERYTHING
     ) -> list[Dataset]:
         """Matching datasets with the requested return keys (indexed ones from the index,
         the others from a stored file of the matched object)."""
         with self.sessions() as session:
-            result = find(session, query, restrict=restrict)
+            result = find(session, query, scope=scope)
             if not result.file_keys or not result.matches:
                 return result.matches
             keys = result.storage_keys
@@ -358,7 +366,7 @@ class Archive:
         series_uid: str | None = None,
         sop_uid: str | None = None,
         *,
-        restrict: Callable[[Select[Any]], Select[Any]] | None = None,
+        scope: Scope = EVERYTHING,
     ) -> list[InstanceRef]:
         """Stored instances of a study / series / instance, in series and instance order."""
         stmt = (
@@ -372,8 +380,9 @@ class Archive:
             stmt = stmt.where(Series.series_instance_uid == series_uid)
         if sop_uid:
             stmt = stmt.where(Instance.sop_instance_uid == sop_uid)
-        if restrict is not None:
-            stmt = restrict(stmt.join(Patient, Study.patient_pk == Patient.id))
+        visible = scope.study_clause()
+        if visible is not None:
+            stmt = stmt.where(visible)
         stmt = stmt.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
         with self.sessions() as session:
             rows = session.execute(stmt).all()

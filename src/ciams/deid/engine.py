@@ -14,6 +14,7 @@ as read, which keeps the engine fast and the output byte-faithful.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import Counter
@@ -34,7 +35,8 @@ from ciams.deid import pixels as pixel_ops
 from ciams.deid._standard.annex_e import EDITION
 from ciams.deid.dates import age_string, offset_days, shift_da, shift_dt
 from ciams.deid.errors import Leak, LeakDetectedError, UnknownSubjectError
-from ciams.deid.leaks import LeakScanner, header_bytes, identifier_tokens, serialize, value_bytes
+from ciams.deid.leaks import LeakScanner, identifier_tokens, value_bytes
+from ciams.deid.writer import serialize, serialize_parts
 from ciams.deid.profile import (
     AGE,
     CLEAN,
@@ -378,13 +380,7 @@ class Deidentifier:
             return
         text = "\\".join(str(v) for v in value) if not isinstance(value, str) and hasattr(
             value, "__iter__") else str(value)
-        cleaned = CLEAN_PATTERNS.sub("", text)
-        if ctx.identifiers:
-            for token in sorted(ctx.identifiers, key=len, reverse=True):
-                word = token.decode("utf-8", "ignore")
-                if word:
-                    cleaned = re.sub(r"(?<![A-Za-z0-9])" + re.escape(word) + r"(?![A-Za-z0-9])",
-                                     "", cleaned, flags=re.IGNORECASE)
+        cleaned = _scrub(CLEAN_PATTERNS.sub("", text), ctx.identifiers)
         cleaned = re.sub(r"\s{2,}", " ", cleaned).strip()
         if cleaned != text:
             ds[t] = DataElement(t, vr, cleaned or None)
@@ -411,15 +407,8 @@ class Deidentifier:
         if pixel_cleaned:
             codes.insert(1, "clean_pixel_data")
             ds.BurnedInAnnotation = "NO"
-        items = []
-        for key in codes:
-            value, meaning = OPTION_CODES[key]
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning[:64]
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        ds.DeidentificationMethodCodeSequence = Sequence(
+            [_method_item(key) for key in codes])
         if Option.RETAIN_LONG_MODIFIED_DATES in profile.options:
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
         elif Option.RETAIN_LONG_FULL_DATES in profile.options:
@@ -468,9 +457,9 @@ class Deidentifier:
             ctx.identifiers, patterns=self.recipe.leak_patterns, ignore=ignore,
             dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
         )
-        data = serialize(ds)
-        result.data = data
-        if scanner.scan_bytes(header_bytes(data, ds)):
+        header, pixel = serialize_parts(ds)
+        result.data = header + pixel if pixel else header
+        if scanner.scan_bytes(header):
             leaks = scanner.locate(ds)
             if leaks:
                 result.leaks = leaks
@@ -486,6 +475,31 @@ _NAMES = {KEEP: "keep", REMOVE: "remove", EMPTY: "empty", DUMMY: "dummy", UID: "
           SUBJECT: "subject", AGE: "age"}
 
 
+def _scrub(text: str, identifiers: dict[bytes, tuple[int, bool]]) -> str:
+    """Remove every identifier (whole words, case-insensitive) from ``text``."""
+    if not identifiers:
+        return text
+    low = text.lower()
+    spans: list[tuple[int, int]] = []
+    for token in identifiers:
+        word = token.decode("utf-8", "ignore")
+        if not word or word not in low:
+            continue
+        start = 0
+        while (i := low.find(word, start)) >= 0:
+            j = i + len(word)
+            if (i == 0 or not low[i - 1].isalnum()) and (j == len(low) or not low[j].isalnum()):
+                spans.append((i, j))
+            start = i + 1
+    if not spans:
+        return text
+    keep = [True] * len(text)
+    for i, j in spans:
+        for k in range(i, j):
+            keep[k] = False
+    return "".join(ch for ch, k in zip(text, keep, strict=True) if k)
+
+
 def _text(ds: Dataset, tag: int) -> str | None:
     if tag not in ds:
         return None
@@ -493,6 +507,21 @@ def _text(ds: Dataset, tag: int) -> str | None:
     if not raw:
         return None
     return raw.decode("ascii", "replace").strip("\0 ") or None
+
+
+@functools.lru_cache(maxsize=64)
+def _method_item_bytes(key: str) -> tuple[str, str]:
+    value, meaning = OPTION_CODES[key]
+    return value, meaning[:64]
+
+
+def _method_item(key: str) -> Dataset:
+    value, meaning = _method_item_bytes(key)
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = meaning
+    return item
 
 
 def _dummy_code() -> Dataset:

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from io import BytesIO
 
-from pydicom import Dataset, dcmwrite
+from pydicom import Dataset
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.sequence import Sequence
@@ -38,6 +37,7 @@ from ciams.deid.profile import (
 )
 from ciams.deid.recipe import Recipe
 from ciams.deid.uids import is_well_known
+from ciams.deid.writer import serialize  # noqa: F401  (re-exported)
 
 #: Patterns searched in every output (over and above the source's own values).
 DEFAULT_PATTERNS: dict[str, str] = {
@@ -110,6 +110,17 @@ def identifier_tokens(tag: int, vr: str, raw: bytes) -> Iterator[tuple[bytes, bo
         yield part, False
 
 
+_ALNUM = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+_PATTERN_CACHE: dict[str, re.Pattern[bytes]] = {}
+
+
+def _compiled(pattern: str) -> re.Pattern[bytes]:
+    found = _PATTERN_CACHE.get(pattern)
+    if found is None:
+        found = _PATTERN_CACHE[pattern] = re.compile(pattern.encode())
+    return found
+
+
 class LeakScanner:
     """Searches serialized output for source identifiers and PHI patterns."""
 
@@ -127,20 +138,28 @@ class LeakScanner:
         self.dates_shifted = dates_shifted
         pats = dict(DEFAULT_PATTERNS)
         pats.update(patterns or {})
-        self._patterns = {k: re.compile(v.encode()) for k, v in pats.items()}
-        self._regex: re.Pattern[bytes] | None = None
-        if identifiers:
-            alts = b"|".join(re.escape(v) for v in sorted(identifiers, key=len, reverse=True))
-            self._regex = re.compile(rb"(?<![a-z0-9])(?:" + alts + rb")(?![a-z0-9])")
+        self._patterns = {k: _compiled(v) for k, v in pats.items()}
+        self._tokens = sorted(identifiers, key=len, reverse=True)
+
+    def _found(self, low: bytes) -> Iterator[bytes]:
+        for tok in self._tokens:
+            if tok in low:
+                start = 0
+                while (i := low.find(tok, start)) >= 0:
+                    j = i + len(tok)
+                    if (i == 0 or low[i - 1] not in _ALNUM) and (j == len(low)
+                                                                  or low[j] not in _ALNUM):
+                        yield tok
+                        break
+                    start = i + 1
 
     def _hits(self, low: bytes, coded: bool = False, equipment: bool = False) -> Iterator[str]:
-        if self._regex is not None:
-            for m in self._regex.finditer(low):
-                tag, component = self.identifiers.get(m.group(0), (0, False))
-                if (component and coded) or (equipment and tag >> 16 != 0x0010
-                                             and tag not in ID_TAGS):
-                    continue
-                yield f"identifier:{keyword_for_tag(tag) or describe(tag)}"
+        for token in self._found(low):
+            tag, component = self.identifiers.get(token, (0, False))
+            if (component and coded) or (equipment and tag >> 16 != 0x0010
+                                         and tag not in ID_TAGS):
+                continue
+            yield f"identifier:{keyword_for_tag(tag) or describe(tag)}"
         for name, pat in self._patterns.items():
             if pat.search(low):
                 yield f"pattern:{name}"
@@ -148,7 +167,7 @@ class LeakScanner:
     def scan_bytes(self, header: bytes) -> bool:
         """Quick test: may ``header`` contain a leak?"""
         low = header.lower()
-        if self._regex is not None and self._regex.search(low):
+        if any(True for _ in self._found(low)):
             return True
         return any(p.search(low) for p in self._patterns.values())
 
@@ -183,22 +202,6 @@ class LeakScanner:
                 if self.dates_shifted and vr in DATE_VRS and kind.startswith("identifier"):
                     continue  # a shifted date may equal another source date by chance
                 leaks.append(Leak(where, kind))
-
-
-def serialize(ds: Dataset) -> bytes:
-    """Write ``ds`` (with its file meta) as a DICOM file into bytes."""
-    buf = BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def header_bytes(data: bytes, ds: Dataset) -> bytes:
-    """``data`` without the trailing Pixel Data value (written last by the writer)."""
-    elem = ds.get_item(PIXEL_DATA) if PIXEL_DATA in ds else None
-    if elem is None:
-        return data
-    length = len(value_bytes(elem) or b"")
-    return data[: len(data) - length] if length else data
 
 
 def collect_identifiers(

@@ -18,4 +18,6 @@ class RemoteAE(Base):
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(String(255), default="")
+    # The account that may send to this AE with C-MOVE ('' = administrators only).
+    owner: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -45,7 +45,11 @@ from ciams.net.status import query_error_status, status, store_status
 
 log = logging.getLogger(__name__)
 
-# Received as offered, stored as received (PS3.5 Section 10 and Annex A).
+# Stored as received (PS3.5 Section 10 and Annex A). pynetdicom accepts, per context,
+# the first syntax of this list that the requestor proposes: native syntaxes come
+# first because the same contexts carry C-GET sub-operations, where we can always
+# decompress a stored instance but never compress one. A sender that offers its
+# compressed syntax in a context of its own (dcmtk, most PACS) still gets it accepted.
 STORAGE_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,

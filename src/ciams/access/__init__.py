@@ -1,0 +1,1 @@
+"""Access domain: accounts, roles, tokens, the policy layer and the audit trail."""
