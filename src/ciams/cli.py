@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ciams import __version__
+from ciams.access.cli import audit_app, user_app
 from ciams.config import Settings, dump_default, load_settings
 from ciams.errors import CiamsError
 
@@ -40,6 +41,8 @@ quarantine_app = typer.Typer(help="Inputs refused at ingest, kept with their rea
 app.add_typer(ae_app, name="ae")
 app.add_typer(config_app, name="config")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(user_app, name="user")
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -126,8 +129,17 @@ def serve(
         server = Server(settings)
     except CiamsError as exc:
         raise _fail(exc) from exc
+    from ciams.access import Accounts
+
+    first_password = Accounts(server.archive.sessions).ensure_first_admin()
     d, h = settings.dicom, settings.http
     console.print(f"[bold green]CIAMS {__version__}[/bold green] archive in {settings.data_dir}")
+    if first_password:
+        console.print(
+            "  [bold yellow]first administrator created[/bold yellow]: user 'admin', "
+            f"one-time password [bold]{first_password}[/bold] (shown only now; "
+            "change it with `ciams user passwd admin`)"
+        )
     console.print(f"  index     {settings.db_url.split('@')[-1]}")
     console.print(f"  web       http://{h.host}:{h.port}/")
     console.print(f"  DICOMweb  http://{h.host}:{h.port}/dicom-web")

@@ -16,18 +16,15 @@ from io import BytesIO
 from pydicom import Dataset, dcmwrite
 from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import (
-    correct_ambiguous_vr,
-    correct_ambiguous_vr_element,
-    write_data_element,
-    write_file_meta_info,
-)
+from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})
 _PIXEL_DATA = 0x7FE00010
 _SHORT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<HH2s2xI")
+_ITEM = struct.Struct("<HHI")
+_PREAMBLE = b"\0" * 128 + b"DICM"
 
 
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
@@ -38,7 +35,7 @@ def _encode_text(value: object, vr: str) -> bytes | None:
     """ASCII string values encoded and padded (PS3.5 6.2); None -> let pydicom do it."""
     if value is None or value == "":
         return b""
-    if type(value) is not str or not value.isascii():
+    if not isinstance(value, str) or not value.isascii():
         return None
     raw = value.encode("ascii")
     if len(raw) % 2:
@@ -46,27 +43,27 @@ def _encode_text(value: object, vr: str) -> bytes | None:
     return raw
 
 
-def serialize_parts(ds: Dataset) -> tuple[bytes, bytes]:
-    """``(header, pixel_value)``: the file without the Pixel Data value, and that value.
+def _file_meta(meta: Dataset) -> bytes:
+    """File Meta Information (PS3.10 7.1) with its group length."""
+    body = [_SHORT.pack(2, 1, b"OB", 0)[:-2] + b"\0\0" + struct.pack("<I", 2) + b"\0\1"]
+    for elem_no, vr in ((2, "UI"), (3, "UI"), (0x10, "UI"), (0x12, "UI"), (0x13, "SH"),
+                        (0x16, "AE")):
+        tag = 0x00020000 | elem_no
+        if tag in meta:
+            raw = _encode_text(meta[tag].value, vr)
+            if raw is None:
+                raise ValueError("file meta values must be ASCII")
+            body.append(_SHORT.pack(2, elem_no, vr.encode(), len(raw)) + raw)
+    content = b"".join(body)
+    return _SHORT.pack(2, 0, b"UL", 4) + struct.pack("<I", len(content)) + content
 
-    The file is ``header + pixel_value``; the split lets the leak guard scan the
-    header without copying the pixels.
-    """
-    meta = ds.file_meta
-    syntax = meta.TransferSyntaxUID
-    if syntax.is_implicit_VR or not syntax.is_little_endian or syntax.is_deflated:
-        buf = BytesIO()
-        dcmwrite(buf, ds, enforce_file_format=True)
-        return buf.getvalue(), b""
-    out = DicomBytesIO()
-    out.is_little_endian = True
-    out.is_implicit_VR = False
-    out.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
-    parts = [out.getvalue()]
-    encodings = ds._character_set
+
+def _encode(ds: Dataset, encodings: list[str], top: bool) -> tuple[list[bytes], bytes]:
+    """Explicit VR Little Endian encoding of ``ds`` (parts, pixel value at top level)."""
+    parts: list[bytes] = []
     pixel = b""
     for tag in sorted(ds.keys()):
+        t = int(tag)
         elem = ds.get_item(tag)
         if (
             isinstance(elem, RawDataElement)
@@ -81,41 +78,64 @@ def serialize_parts(ds: Dataset) -> tuple[bytes, bytes]:
             vr = elem.VR.encode()
             if len(value) % 2:
                 value += b"\0" if vr in (b"OB", b"UI", b"UN") else b" "
-            t = int(tag)
             if vr in _LONG_VRS:
                 head = _LONG.pack(t >> 16, t & 0xFFFF, vr, len(value))
             elif len(value) > 0xFFFF:
                 head = _LONG.pack(t >> 16, t & 0xFFFF, b"UN", len(value))
             else:
                 head = _SHORT.pack(t >> 16, t & 0xFFFF, vr, len(value))
-            if t == _PIXEL_DATA:
-                parts.append(head)
-                pixel = value
-                continue
             parts.append(head)
-            parts.append(value)
+            if top and t == _PIXEL_DATA:
+                pixel = value
+            else:
+                parts.append(value)
             continue
-        if not isinstance(elem, RawDataElement) and elem.VR in _TEXT_VRS:
-            raw = _encode_text(elem.value, elem.VR)
+        item = ds[tag] if isinstance(elem, RawDataElement) else elem
+        vr_s = item.VR
+        if vr_s in _TEXT_VRS:
+            raw = _encode_text(item.value, vr_s)
             if raw is not None:
-                t = int(tag)
-                parts.append(_SHORT.pack(t >> 16, t & 0xFFFF, elem.VR.encode(), len(raw))
-                             if elem.VR not in ("UT", "UC", "UR")
-                             else _LONG.pack(t >> 16, t & 0xFFFF, elem.VR.encode(), len(raw)))
+                if vr_s in ("UT", "UC", "UR"):
+                    parts.append(_LONG.pack(t >> 16, t & 0xFFFF, vr_s.encode(), len(raw)))
+                else:
+                    parts.append(_SHORT.pack(t >> 16, t & 0xFFFF, vr_s.encode(), len(raw)))
                 parts.append(raw)
                 continue
+        if vr_s == "SQ":
+            items = []
+            for child in item.value:
+                child_parts, _ = _encode(child, encodings, False)
+                body = b"".join(child_parts)
+                items.append(_ITEM.pack(0xFFFE, 0xE000, len(body)) + body)
+            seq = b"".join(items)
+            parts.append(_LONG.pack(t >> 16, t & 0xFFFF, b"SQ", len(seq)))
+            parts.append(seq)
+            continue
+        if vr_s and " or " in vr_s:
+            item = correct_ambiguous_vr_element(item, ds, True)
         buf = DicomBytesIO()
         buf.is_little_endian = True
         buf.is_implicit_VR = False
-        item = ds[tag] if isinstance(elem, RawDataElement) else elem
-        if item.VR and " or " in item.VR:
-            item = correct_ambiguous_vr_element(item, ds, True)
-        if item.VR == "SQ":
-            for child in item.value:  # nested ambiguous VRs (LUT data, ...)
-                correct_ambiguous_vr(child, True)
         write_data_element(buf, item, encodings)
         parts.append(buf.getvalue())
-    return b"".join(parts), pixel
+    return parts, pixel
+
+
+def serialize_parts(ds: Dataset) -> tuple[bytes, bytes]:
+    """``(header, pixel_value)``: the file without the Pixel Data value, and that value.
+
+    The file is ``header + pixel_value``; the split lets the leak guard scan the
+    header without copying the pixels.
+    """
+    meta = ds.file_meta
+    syntax = meta.TransferSyntaxUID
+    if syntax.is_implicit_VR or not syntax.is_little_endian or syntax.is_deflated:
+        buf = BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+        return buf.getvalue(), b""
+    encodings = ds._character_set
+    parts, pixel = _encode(ds, encodings, True)
+    return _PREAMBLE + _file_meta(meta) + b"".join(parts), pixel
 
 
 def serialize(ds: Dataset) -> bytes:

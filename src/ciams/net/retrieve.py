@@ -110,8 +110,8 @@ def _sub_operations(
             pairs = accepted()
         try:
             ds = load_for_send(archive, ref, pairs)
-        except Exception:  # one unreadable instance must not end the retrieve
-            log.exception("cannot prepare instance %s for sending", ref.storage_key)
+        except Exception as exc:  # one unreadable instance must not end the retrieve
+            log.error("cannot prepare stored file %s for sending: %s", ref.storage_key, exc)
             ds = _unsendable(ref)
         yield STATUS_PENDING, ds
 

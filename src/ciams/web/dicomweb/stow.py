@@ -34,6 +34,7 @@ from starlette.responses import Response
 from ciams.archive import IngestResult
 from ciams.errors import (
     DIMSE_DATASET_MISMATCH,
+    DIMSE_DUPLICATE_SOP,
     DIMSE_PROCESSING_FAILURE,
     InvalidRequestError,
     PayloadTooLargeError,
@@ -171,8 +172,10 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
             async for chunk in stream:
                 received += len(chunk)
                 if received > limit:
+                    # Parse up to the limit, so complete parts are stored and the
+                    # incomplete one is kept in quarantine, then stop reading.
                     too_large = True
-                    break
+                    chunk = chunk[: len(chunk) - (received - limit)]
                 if not parts.started:
                     preamble.extend(chunk)
                 try:
@@ -185,6 +188,8 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
                 for data, content_type in parts.take():
                     results.append(None)  # set by the ingest task
                     tg.start_soon(ingest, len(results) - 1, data, content_type)
+                if too_large:
+                    break
             else:
                 if not parts.ended:
                     problem = "the multipart body ends before its closing boundary"
@@ -306,7 +311,7 @@ def _response(root: str, study: str | None, results: list[IngestResult | _Failur
             referenced.append(item)
             continue
         if isinstance(result, IngestResult):
-            status = result.error.dimse_status if result.error else DIMSE_PROCESSING_FAILURE
+            status = _failure_reason(result)
             reason = result.reason
             if result.quarantine_id:
                 reason += f" (quarantine {result.quarantine_id})"
@@ -334,6 +339,16 @@ def _response(root: str, study: str | None, results: list[IngestResult | _Failur
     for name, value in headers:
         response.headers.append(name, value)
     return response
+
+
+def _failure_reason(result: IngestResult) -> int:
+    """Failure Reason of a refused instance (see the module docstring)."""
+    if result.status == "conflict":
+        return DIMSE_DUPLICATE_SOP
+    status = result.error.dimse_status if result.error else DIMSE_PROCESSING_FAILURE
+    # A warning or success code cannot be a failure reason (PS3.18 Table I.2-2).
+    warning = 0xB000 <= status <= 0xBFFF or status in (0x0000, 0x0107, 0x0116)
+    return DIMSE_PROCESSING_FAILURE if warning else status
 
 
 def _quote(text: str) -> str:
