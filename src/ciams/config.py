@@ -87,6 +87,41 @@ class TaskSettings(BaseModel):
     )
 
 
+class AccessSettings(BaseModel):
+    """Authentication and authorization."""
+
+    secret_key_file: Path | None = Field(
+        None,
+        description="File holding the key that signs web sessions; empty = <data_dir>/secret.key, "
+        "created with a random key on first start (there is never a default secret).",
+    )
+    session_hours: float = Field(8.0, description="Web session lifetime in hours.")
+    anonymous_dicom_on_loopback: bool = Field(
+        True,
+        description="Let calling AEs that are not bound to a user act as administrator when "
+        "the DICOM listener is bound to a loopback address (local tools on the server).",
+    )
+
+
+class TlsSettings(BaseModel):
+    """HTTPS and DICOM TLS (PS3.15 Annex B). Paths to PEM files; empty = plain TCP."""
+
+    cert_file: Path | None = Field(None, description="Server certificate chain (PEM).")
+    key_file: Path | None = Field(None, description="Server private key (PEM).")
+    ca_file: Path | None = Field(
+        None, description="CA bundle to verify client certificates (DICOM TLS peers)."
+    )
+    require_client_cert: bool = Field(
+        False, description="DICOM TLS: refuse peers without a certificate signed by ca_file."
+    )
+    dicom: bool = Field(True, description="Use TLS on the DICOM listener when a cert is set.")
+    http: bool = Field(True, description="Use HTTPS on the HTTP listener when a cert is set.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+
 class Settings(BaseSettings):
     """All CIAMS settings."""
 
@@ -103,6 +138,8 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)  # type: ignore[arg-type]
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     tasks: TaskSettings = Field(default_factory=TaskSettings)  # type: ignore[arg-type]
+    access: AccessSettings = Field(default_factory=AccessSettings)  # type: ignore[arg-type]
+    tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(
@@ -174,7 +211,10 @@ def dump_default() -> str:
                 default = str(default)
             if field.description:
                 lines.append(f"# {field.description}")
-            lines.append(f"{name} = {_toml_value(default)}")
+            if default is None:
+                lines.append(f'# {name} = "..."  (unset)')
+            else:
+                lines.append(f"{name} = {_toml_value(default)}")
             lines.append("")
         for name, sub in nested:
             lines.append(f"[{prefix}{name}]")

@@ -103,9 +103,7 @@ def test_limit_offset_and_includefield(
     assert "00100030" in every[0]  # PatientBirthDate, not a default attribute
 
 
-def test_search_series_and_instances(
-    client: DICOMwebClient, studies: list[list[Dataset]]
-) -> None:
+def test_search_series_and_instances(client: DICOMwebClient, studies: list[list[Dataset]]) -> None:
     study = studies[0][0].StudyInstanceUID
     series = client.search_for_series(study_instance_uid=study)
     assert len(series) == 2

@@ -189,7 +189,9 @@ def test_rendered(server: Any, client: DICOMwebClient, series: list[Dataset]) ->
     assert httpx.get(url, params={"window": "40"}).status_code == 400
 
 
-def test_rendered_vendor_images(server: Any, client: DICOMwebClient, vendor: dict[str, Dataset]) -> None:
+def test_rendered_vendor_images(
+    server: Any, client: DICOMwebClient, vendor: dict[str, Dataset]
+) -> None:
     for name in ("CT_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm"):
         ds = vendor[name]
         data = client.retrieve_instance_rendered(

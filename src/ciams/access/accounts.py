@@ -314,9 +314,12 @@ class Accounts:
             return _principal(user)
 
     def principal(self, username: str) -> Principal:
-        """The principal of a user (for the CLI and tests)."""
+        """The principal of an enabled user (web sessions re-check on every request)."""
         with self.sessions() as session:
-            return _principal(self._user(session, username))
+            user = session.scalar(select(User).where(User.username == username))
+            if user is None or user.disabled:
+                raise AuthenticationError("no such active user")
+            return _principal(user)
 
 
 def _principal(user: User) -> Principal:

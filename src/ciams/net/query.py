@@ -11,33 +11,31 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
 
 from ciams.archive import LEVELS, Archive, FindQuery, InstanceRef, Level
 from ciams.errors import InvalidRequestError
 
 Model = Literal["PATIENT", "STUDY"]
 
-# SOP Class UID -> information model root (PS3.4 C.6.1.3, C.6.2.3).
+# Q/R SOP Class UIDs (PS3.4 C.6.1.3, C.6.2.3) -> information model root.
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 MODELS: dict[str, Model] = {
-    PatientRootQueryRetrieveInformationModelFind: "PATIENT",
-    PatientRootQueryRetrieveInformationModelMove: "PATIENT",
-    PatientRootQueryRetrieveInformationModelGet: "PATIENT",
-    StudyRootQueryRetrieveInformationModelFind: "STUDY",
-    StudyRootQueryRetrieveInformationModelMove: "STUDY",
-    StudyRootQueryRetrieveInformationModelGet: "STUDY",
+    PATIENT_ROOT_FIND: "PATIENT",
+    PATIENT_ROOT_MOVE: "PATIENT",
+    PATIENT_ROOT_GET: "PATIENT",
+    STUDY_ROOT_FIND: "STUDY",
+    STUDY_ROOT_MOVE: "STUDY",
+    STUDY_ROOT_GET: "STUDY",
 }
 
 # Unique key of each level (PS3.4 C.6.1.1 / C.6.2.1).
@@ -53,7 +51,7 @@ _CONTROL = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"}
 
 
-def model_of(sop_class_uid: str) -> Model:
+def model_of(sop_class_uid: str | None) -> Model:
     """The information model of a Q/R SOP class."""
     try:
         return MODELS[str(sop_class_uid)]
@@ -72,7 +70,7 @@ def query_level(identifier: Dataset, model: Model) -> Level:
     if model == "STUDY" and level == "PATIENT":
         # Study Root has no patient level (PS3.4 C.6.2.1).
         raise InvalidRequestError("PATIENT level is not in the Study Root model")
-    return level  # type: ignore[return-value]
+    return cast(Level, level)
 
 
 def element_text(elem: DataElement) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -55,9 +55,10 @@ def _fail_early(assoc: Association, reply: Dataset) -> None:
     def send_msg(primitive: Any, context_id: int) -> None:
         if isinstance(primitive, C_MOVE | C_GET):
             dimse.send_msg = original  # type: ignore[method-assign]
-            primitive.Status = int(reply.Status)
+            response: Any = primitive
+            response.Status = int(reply.Status)
             if "ErrorComment" in reply:
-                primitive.ErrorComment = str(reply.ErrorComment)
+                response.ErrorComment = str(reply.ErrorComment)
         original(primitive, context_id)
 
     dimse.send_msg = send_msg  # type: ignore[method-assign]
@@ -162,7 +163,7 @@ def handle_move(
 ) -> Iterator[Any]:
     """EVT_C_MOVE: open an association to the registered destination and send the
     selected instances there."""
-    title = str(event.request.MoveDestination or "").strip()
+    title = str(cast(C_MOVE, event.request).MoveDestination or "").strip()
     try:
         destination = registry.get(title)
         if destination is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -32,7 +32,6 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ciams.archive import Archive
@@ -65,6 +64,7 @@ STORAGE_TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
+VERIFICATION = "1.2.840.10008.1.1"  # PS3.4 A.4
 QUERY_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -109,12 +109,12 @@ class DicomServer:
         ae.maximum_pdu_size = cfg.max_pdu
         ae.network_timeout = cfg.network_timeout
         ae.maximum_associations = cfg.max_associations
-        ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
+        ae.add_supported_context(VERIFICATION, QUERY_TRANSFER_SYNTAXES)
         for cx in AllStoragePresentationContexts:
             # Both roles: a C-GET requestor proposes the SCP role for the storage
             # classes it wants to receive (PS3.4 C.4.3, SCP/SCU role selection).
             ae.add_supported_context(
-                cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+                str(cx.abstract_syntax), STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
             )
         for uid in MODELS:
             ae.add_supported_context(uid, QUERY_TRANSFER_SYNTAXES)
@@ -158,7 +158,8 @@ class DicomServer:
                 evt.EVT_DIMSE_RECV,
                 evt.EVT_DIMSE_SENT,
             ):
-                for handler, _args in list(server.get_handlers(event)):  # type: ignore[union-attr]
+                bound = cast(list[tuple[Any, Any]], server.get_handlers(event))
+                for handler, _args in list(bound):
                     server.unbind(event, handler)
         self._ae, self._server = ae, server
         self.port = int(server.server_address[1])

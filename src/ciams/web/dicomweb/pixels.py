@@ -19,14 +19,12 @@ from PIL import Image
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import get_frame
-from pydicom.pixels import (
+from pydicom.pixels.processing import (
     apply_color_lut,
     apply_modality_lut,
     apply_windowing,
-    pack_bits,
-    pixel_array,
 )
-from pydicom.pixels.utils import get_expected_length, get_nr_frames
+from pydicom.pixels.utils import get_expected_length, get_nr_frames, pack_bits, pixel_array
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -238,7 +236,7 @@ def _grayscale(arr: NDArray[np.generic], ds: Dataset, window: Window | None) -> 
     voi.WindowCenter = window.center
     voi.WindowWidth = window.width
     voi.VOILUTFunction = window.function
-    out = apply_windowing(values, voi)
+    out: NDArray[np.float64] = apply_windowing(values, voi)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         out = 255.0 - out
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -262,7 +260,7 @@ def _default_window(ds: Dataset, values: NDArray[np.float64]) -> Window:
 def _color(arr: NDArray[np.generic], ds: Dataset, bits: int = 0) -> NDArray[np.uint8]:
     # pixel_array has already converted YBR to RGB; only the bit depth needs scaling.
     if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
+        return np.ascontiguousarray(arr, dtype=np.uint8)
     bits = bits or int(ds.get("BitsStored", 8) or 8)
-    shifted = arr.astype(np.uint32) >> max(bits - 8, 0)
-    return np.clip(shifted, 0, 255).astype(np.uint8)
+    shifted = np.right_shift(arr.astype(np.uint32), max(bits - 8, 0))
+    return np.asarray(np.minimum(shifted, 255), dtype=np.uint8)

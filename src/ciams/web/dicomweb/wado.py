@@ -119,7 +119,7 @@ async def _instances(
 
 
 def _check_decodable(refs: list[InstanceRef]) -> None:
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
 
     for ts in {pydicom.uid.UID(r.transfer_syntax_uid) for r in refs}:
         if ts.is_compressed:
