@@ -67,12 +67,14 @@ class Orthanc:
         calling_ae: str = "BENCH",
         workdir: Path | None = None,
         extra_config: dict[str, Any] | None = None,
+        persistent_dir: Path | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.sync_storage = sync_storage
         self.calling_ae = calling_ae
         self.extra_config = extra_config or {}
         self._parent = workdir
+        self.persistent_dir = persistent_dir  # kept on stop (e.g. a loaded index to reuse)
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.http_port = 0
@@ -126,9 +128,13 @@ class Orthanc:
         return cfg
 
     def start(self, timeout: float = 60.0) -> Orthanc:
-        self.dir = Path(tempfile.mkdtemp(prefix="orthanc-", dir=self._parent))
+        if self.persistent_dir is not None:
+            self.dir = self.persistent_dir
+            self.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.dir = Path(tempfile.mkdtemp(prefix="orthanc-", dir=self._parent))
         for sub in ("storage", "index", "tmp"):
-            (self.dir / sub).mkdir()
+            (self.dir / sub).mkdir(exist_ok=True)
         self.http_port = free_port()
         self.dicom_port = free_port()
         cfg_path = self.dir / "orthanc.json"
@@ -162,19 +168,33 @@ class Orthanc:
         return self
 
     def stop(self) -> None:
+        self._stop_process()
+        if self.dir is not None and self.persistent_dir is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    def _stop_process(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
         if getattr(self, "_log", None):
             self._log.close()
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+
+    def restart(self, extra_config: dict[str, Any]) -> None:
+        """Stop and start again on the same folders with more configuration."""
+        keep = self.persistent_dir
+        self.persistent_dir = self.dir
+        self._stop_process()
+        self.extra_config = {**self.extra_config, **extra_config}
+        try:
+            self.start()
+        finally:
+            self.persistent_dir = keep
 
     def __enter__(self) -> Orthanc:
         return self.start()

@@ -100,9 +100,18 @@ def make_server(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
     started: list[Server] = []
 
     def factory(**overrides: Any) -> Server:
+        from ciams.access import Accounts
+
         server = Server(make_settings(**overrides))
         server.start()
         started.append(server)
+        # An administrator's token, for tests of the archive itself (the access tests
+        # make their own users of every role).
+        accounts = Accounts(server.archive.sessions)
+        accounts.add_user("test-admin", "admin")
+        token = accounts.issue_token("test-admin")
+        server.token = token  # type: ignore[attr-defined]
+        server.auth = {"Authorization": f"Bearer {token}"}  # type: ignore[attr-defined]
         return server
 
     yield factory

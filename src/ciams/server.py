@@ -77,6 +77,7 @@ class Server:
         """Start every part in background threads; returns when all listen."""
         self.tasks.start()
         self.dicom_port = self.dicom.start()
+        self.app.state.dicom_port = self.dicom_port
         self._http_sock = self._bind_http()
         self._uvicorn = uvicorn.Server(self._uvicorn_config())
         self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -109,6 +110,7 @@ class Server:
         """Run in the foreground until interrupted (Ctrl-C / SIGTERM)."""
         self.tasks.start()
         self.dicom_port = self.dicom.start()
+        self.app.state.dicom_port = self.dicom_port
         sock = self._bind_http()
         server = uvicorn.Server(self._uvicorn_config())
         try:

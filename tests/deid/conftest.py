@@ -10,7 +10,7 @@ import pytest
 from pydicom import Dataset
 
 from ciams.deid import Deidentifier, Recipe, default_recipe, recipe_from_text
-from ciams.deid.leaks import serialize
+from ciams.deid.writer import serialize
 
 SECRET = b"test-trial-secret-0123456789"
 
@@ -28,8 +28,9 @@ def recipe_with(extra: str, base: str = "default") -> Recipe:
 
 @pytest.fixture
 def deid() -> Deidentifier:
-    return Deidentifier(default_recipe(), {"MRN0001": "LOCAT-0001", "MRN0002": "LOCAT-0002"},
-                        SECRET)
+    return Deidentifier(
+        default_recipe(), {"MRN0001": "LOCAT-0001", "MRN0002": "LOCAT-0002"}, SECRET
+    )
 
 
 @pytest.fixture
@@ -37,7 +38,9 @@ def basic_recipe() -> Recipe:
     return recipe_with("profile: {options: []}\n")
 
 
-requires_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None,
-                                        reason="tesseract-ocr is not installed")
-requires_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None,
-                                       reason="dicom3tools (dciodvfy) is not installed")
+requires_tesseract = pytest.mark.skipif(
+    shutil.which("tesseract") is None, reason="tesseract-ocr is not installed"
+)
+requires_dciodvfy = pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) is not installed"
+)

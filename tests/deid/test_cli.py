@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from ciams.deid.cli import deid_command
-from ciams.deid.leaks import serialize
 from ciams.deid.synthetic import ct_series
+from ciams.deid.writer import serialize
 
 app = typer.Typer()
 app.command()(deid_command)
@@ -38,8 +38,9 @@ def test_folder_with_quarantine(tmp_path: Path, monkeypatch) -> None:  # type: i
     src = tmp_path / "in"
     _write_inputs(src)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, [str(src), str(out), "--subjects", str(_subjects(tmp_path)),
-                                      "--jobs", "2"])
+    result = CliRunner().invoke(
+        app, [str(src), str(out), "--subjects", str(_subjects(tmp_path)), "--jobs", "2"]
+    )
     assert result.exit_code == 2, result.output  # something was quarantined
     files = sorted((out / "LOCAT-0001").glob("*.dcm"))
     assert len(files) == 3
@@ -53,8 +54,9 @@ def test_folder_with_quarantine(tmp_path: Path, monkeypatch) -> None:  # type: i
     assert body["code"] == "deid-unknown-subject"
     assert (out / "quarantine" / reasons[0].name.removesuffix(".reason.json")).exists()
     # a second run into the same folder: same secret -> same bytes, nothing overwritten
-    again = CliRunner().invoke(app, [str(src), str(out), "--subjects",
-                                     str(_subjects(tmp_path)), "--jobs", "1"])
+    again = CliRunner().invoke(
+        app, [str(src), str(out), "--subjects", str(_subjects(tmp_path)), "--jobs", "1"]
+    )
     assert again.exit_code == 2
     assert "duplicate" in again.output
 
@@ -66,8 +68,9 @@ def test_zip_input_all_good(tmp_path: Path, monkeypatch) -> None:  # type: ignor
         for i, ds in enumerate(ct_series(2, patient_id="MRN0001")):
             zf.writestr(f"DOE/IMG{i}.dcm", serialize(ds))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, [str(archive), str(out), "--subjects",
-                                      str(_subjects(tmp_path))])
+    result = CliRunner().invoke(
+        app, [str(archive), str(out), "--subjects", str(_subjects(tmp_path))]
+    )
     assert result.exit_code == 0, result.output
     assert len(list((out / "LOCAT-0001").glob("*.dcm"))) == 2
     assert not (out / "quarantine").exists()

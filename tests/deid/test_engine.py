@@ -36,7 +36,9 @@ def test_default_recipe_keeps_only_cleaned_and_retained(deid: Deidentifier) -> N
     assert result.data is not None
     prof = deid._base
     hits = markers.found_in(result.data)
-    unexpected = {m: t for m, t in hits.items() if prof.actions.get(t) not in (CLEAN, KEEP, RECURSE)}
+    unexpected = {
+        m: t for m, t in hits.items() if prof.actions.get(t) not in (CLEAN, KEEP, RECURSE)
+    }
     assert unexpected == {}
     assert b"DOE" not in result.data.upper().replace(b"DOES", b"")
 
@@ -76,7 +78,9 @@ def test_uids_consistent_across_files_and_runs() -> None:
     assert all(o.StudyInstanceUID != series[0].StudyInstanceUID for o in outs)
     # references point at the remapped instance
     assert outs[1].ReferencedImageSequence[0].ReferencedSOPInstanceUID == outs[0].SOPInstanceUID
-    assert outs[0].FrameOfReferenceUID == outs[2].FrameOfReferenceUID != series[0].FrameOfReferenceUID
+    assert (
+        outs[0].FrameOfReferenceUID == outs[2].FrameOfReferenceUID != series[0].FrameOfReferenceUID
+    )
     second = Deidentifier(None, {"MRN0001": "S1"}, SECRET)  # a separate run
     again = second.deidentify(roundtrip(series[2])).dataset
     assert again.SOPInstanceUID == outs[2].SOPInstanceUID

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydicom.datadict import DicomDictionary, tag_for_keyword
+from pydicom._dicom_dict import DicomDictionary
+from pydicom.datadict import tag_for_keyword
 
 from ciams.deid._standard import annex_e
 from ciams.deid._standard.generate import DEFAULT_INPUT, generate
 from ciams.deid.errors import RecipeError
-from ciams.deid.safe import CLEANED_TEXT_KEYWORDS, SAFE_TEXT_KEYWORDS
 from ciams.deid.profile import (
     CLEAN,
     DUMMY,
@@ -25,6 +25,7 @@ from ciams.deid.profile import (
     Option,
     compile_profile,
 )
+from ciams.deid.safe import CLEANED_TEXT_KEYWORDS, SAFE_TEXT_KEYWORDS
 
 
 def tag(keyword: str) -> int:
@@ -74,10 +75,14 @@ def test_basic_profile_actions() -> None:
     assert a[tag("SOPClassUID")] == KEEP  # class UIDs are not instance identifiers
     assert a[tag("TextValue")] == DUMMY  # free text in structured content: dummy (Type 1C)
     # free text not in the table and not known to be safe: removed (whitelist)
-    unknown_text = [t for t, (vr, *_r, kw) in DicomDictionary.items()
-                    if vr in ("LT", "ST", "UT") and t not in annex_e.ATTRIBUTES
-                    and kw not in SAFE_TEXT_KEYWORDS | CLEANED_TEXT_KEYWORDS
-                    and t not in (tag("TextValue"), tag("UnformattedTextValue"))]
+    unknown_text = [
+        t
+        for t, (vr, *_r, kw) in DicomDictionary.items()
+        if vr in ("LT", "ST", "UT")
+        and t not in annex_e.ATTRIBUTES
+        and kw not in SAFE_TEXT_KEYWORDS | CLEANED_TEXT_KEYWORDS
+        and t not in (tag("TextValue"), tag("UnformattedTextValue"))
+    ]
     assert len(unknown_text) > 20
     assert all(t not in a for t in unknown_text)
     assert prof.action(0x00291010) == REMOVE  # private
@@ -86,10 +91,16 @@ def test_basic_profile_actions() -> None:
 
 
 def test_options_override_basic() -> None:
-    prof = compile_profile([Option.RETAIN_PATIENT_CHARACTERISTICS,
-                            Option.RETAIN_LONG_MODIFIED_DATES, Option.CLEAN_DESCRIPTORS,
-                            Option.RETAIN_UIDS, Option.RETAIN_DEVICE_IDENTITY,
-                            Option.RETAIN_INSTITUTION_IDENTITY])
+    prof = compile_profile(
+        [
+            Option.RETAIN_PATIENT_CHARACTERISTICS,
+            Option.RETAIN_LONG_MODIFIED_DATES,
+            Option.CLEAN_DESCRIPTORS,
+            Option.RETAIN_UIDS,
+            Option.RETAIN_DEVICE_IDENTITY,
+            Option.RETAIN_INSTITUTION_IDENTITY,
+        ]
+    )
     a = prof.actions
     assert a[tag("PatientSex")] == KEEP
     assert a[tag("StudyDate")] == SHIFT

@@ -11,24 +11,24 @@ from pydicom import Dataset
 
 from ciams.deid import Deidentifier, check_ingest, default_recipe
 from ciams.deid._standard import annex_e
-from ciams.deid.leaks import serialize
 from ciams.deid.profile import CLEAN, KEEP, RECURSE, SHIFT, compile_profile
 from ciams.deid.synthetic import ct_series
+from ciams.deid.writer import serialize
 
 from .conftest import SECRET
 
 RECIPE = default_recipe()
 PROFILE = compile_profile(RECIPE.options)
 TEXT_TAGS = sorted(
-    t for t, (_kw, vr, *_r) in annex_e.ATTRIBUTES.items()
+    t
+    for t, (_kw, vr, *_r) in annex_e.ATTRIBUTES.items()
     if vr in ("LO", "SH", "PN", "ST", "LT", "UT") and t >> 16 not in (0, 2) and t != 0x00100020
 )
 VALUE = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ", min_size=8, max_size=12)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(TEXT_TAGS), VALUE, min_size=1, max_size=25),
-       st.booleans())
+@given(st.dictionaries(st.sampled_from(TEXT_TAGS), VALUE, min_size=1, max_size=25), st.booleans())
 def test_random_identifying_values_never_survive(values: dict[int, str], nest: bool) -> None:
     ds = ct_series(1)[0]
     target: Dataset = ds
@@ -52,8 +52,14 @@ def test_random_identifying_values_never_survive(values: dict[int, str], nest: b
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.from_regex(r"1\.[1-9][0-9]{0,5}(\.[1-9][0-9]{0,8}){1,6}", fullmatch=True),
-                min_size=1, max_size=10, unique=True))
+@given(
+    st.lists(
+        st.from_regex(r"1\.[1-9][0-9]{0,5}(\.[1-9][0-9]{0,8}){1,6}", fullmatch=True),
+        min_size=1,
+        max_size=10,
+        unique=True,
+    )
+)
 def test_uid_mapping_is_injective_and_valid(uids: list[str]) -> None:
     deid = Deidentifier(RECIPE, {}, SECRET)
     mapped = [deid.uids(u) for u in uids]

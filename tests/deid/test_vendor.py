@@ -1,4 +1,4 @@
-"""pydicom's bundled vendor files as real-world input; dciodvfy finds no new errors (PS3.15 E.1.1)."""
+"""pydicom's vendor files as real-world input; dciodvfy finds no new errors (PS3.15 E.1.1)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,21 @@ import warnings
 from pathlib import Path
 
 import pydicom
-import pytest
 import pydicom.data
+import pytest
 
 from ciams.deid import Deidentifier, check_ingest, recipe_with_defaults, scan_for_leaks
 
 from .conftest import SECRET, requires_dciodvfy
 
-_SKIP = ("truncated", "bad_sequence", "nested_priv_SQ", "UN_sequence", "no_meta", "rtplan_truncated")
+_SKIP = (
+    "truncated",
+    "bad_sequence",
+    "nested_priv_SQ",
+    "UN_sequence",
+    "no_meta",
+    "rtplan_truncated",
+)
 
 
 def _vendor_files() -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,11 +14,6 @@ import pytest
 from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.net import DicomServer
-
-pytestmark = pytest.mark.dcmtk
-
-if shutil.which("storescu") is None:  # pragma: no cover - CI installs dcmtk
-    pytest.skip("dcmtk command-line tools are not installed", allow_module_level=True)
 
 
 @dataclass

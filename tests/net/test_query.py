@@ -16,6 +16,8 @@ from pydicom.uid import generate_uid
 from tests.corpus import make_instance, to_bytes
 from tests.net.conftest import DicomNode, dcmtk
 
+pytestmark = pytest.mark.dcmtk  # real dcmtk peers as subprocesses
+
 
 @dataclass
 class Corpus:
@@ -69,7 +71,7 @@ def findscu(
     args: list[str] = ["findscu", "-v", model, "-X", "-od", str(out), *extra]
     for key in keys:
         args += ["-k", key]
-    result = dcmtk(*args, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port))
+    result = dcmtk(*args, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port), cwd=out)
     responses = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
     return responses, result.stdout + result.stderr
 

@@ -23,8 +23,10 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from ciams.net import AERegistry
-from tests.corpus import make_instance, write
+from tests.corpus import make_instance, vendor_file, write
 from tests.net.conftest import DicomNode, dcmtk
+
+pytestmark = pytest.mark.dcmtk  # real dcmtk peers as subprocesses
 
 
 @dataclass
@@ -124,7 +126,8 @@ def movescu(
     args: list[str] = ["movescu", "-v", model, "-aet", "MOVESCU", "+P", str(port), "-od", str(out)]
     for key in keys:
         args += ["-k", key]
-    result = dcmtk(*args, *extra, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port))
+    # cwd too: with +B movescu writes to the working directory whatever -od says
+    result = dcmtk(*args, *extra, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port), cwd=out)
     return result.stdout + result.stderr
 
 
@@ -133,8 +136,14 @@ def getscu(node: DicomNode, out: Path, model: str, *keys: str, extra: tuple[str,
     args: list[str] = ["getscu", "-v", model, "-od", str(out)]
     for key in keys:
         args += ["-k", key]
-    result = dcmtk(*args, *extra, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port))
+    result = dcmtk(*args, *extra, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port), cwd=out)
     return result.stdout + result.stderr
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The encoded data set of a Part 10 file (what follows the file meta group)."""
+    meta = pydicom.dcmread(BytesIO(part10), stop_before_pixels=True).file_meta
+    return part10[132 + 12 + int(meta.FileMetaInformationGroupLength) :]
 
 
 def _keys(study: Study, level: str) -> tuple[str, ...]:
@@ -177,12 +186,17 @@ def test_move_levels_send_stored_syntax(
     port = free_port()
     AERegistry(node.archive.sessions).add("MOVESCU", "127.0.0.1", port)
 
-    # +xa: the destination accepts every syntax, so each instance goes as stored.
-    log = movescu(node, tmp_path / "out", port, model, *_keys(study, level), extra=("+xa",))
+    # +xa: the destination accepts every syntax, so each instance goes as stored;
+    # +B: it writes what it received bit for bit.
+    log = movescu(node, tmp_path / "out", port, model, *_keys(study, level), extra=("+xa", "+B"))
 
     got = received(tmp_path / "out")
     assert set(got) == _expected(study, level), log
     assert_same_content(node, got, as_stored=True)
+    for path in (tmp_path / "out").iterdir():
+        sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        (ref,) = node.archive.instances(sop_uid=sop)
+        assert dataset_bytes(path.read_bytes()) == dataset_bytes(node.archive.read(ref))
     assert "Received Final Move Response (Success)" in log
 
 
@@ -326,3 +340,50 @@ def test_get_reports_failed_sub_operations(node: DicomNode, study: Study, tmp_pa
     assert "DIMSE Status                  : 0xb000" in log, log
     assert "Number of Failed Suboperations    : 1" in log
     assert "Number of Completed Suboperations : 3" in log
+
+
+def test_get_with_bad_identifier_fails_with_a_comment(
+    node: DicomNode, study: Study, tmp_path: Path
+) -> None:
+    log = getscu(
+        node,
+        tmp_path / "out",
+        "-S",
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study.study_uid}",
+        extra=("-d",),
+    )
+
+    assert "DIMSE Status                  : 0xa900" in log, log
+    assert "SeriesInstanceUID is required for a SERIES level retrieve" in log
+    assert list((tmp_path / "out").iterdir()) == []
+
+    log = getscu(
+        node, tmp_path / "out2", "-S", "QueryRetrieveLevel=PATIENT", "PatientID=RPAT", extra=("-d",)
+    )
+    assert "DIMSE Status                  : 0xa900" in log, log
+    assert "PATIENT level is not in the Study Root model" in log
+
+
+def test_get_converts_big_endian_and_deflated_for_little_endian_peers(
+    node: DicomNode, tmp_path: Path
+) -> None:
+    """getscu proposes the native syntaxes in one context per SOP class and we accept
+    Explicit VR Little Endian: stored big endian and deflated instances are converted."""
+    studies = []
+    for name in ("MR_small_bigendian.dcm", "image_dfl.dcm"):
+        outcome = node.archive.ingest(vendor_file(name).read_bytes(), {"interface": "import"})
+        assert outcome.ok, outcome.reason
+        studies.append(outcome.study_instance_uid)
+
+    for n, study_uid in enumerate(studies):
+        log = getscu(
+            node,
+            tmp_path / f"out{n}",
+            "-S",
+            "QueryRetrieveLevel=STUDY",
+            f"StudyInstanceUID={study_uid}",
+        )
+        got = received(tmp_path / f"out{n}")
+        assert len(got) == 1, log
+        assert_same_content(node, got, as_stored=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 from collections.abc import Callable
 from io import BytesIO
@@ -33,6 +34,8 @@ from pynetdicom.sop_class import CTImageStorage
 
 from tests.corpus import make_instance, make_series, vendor_file, write
 from tests.net.conftest import DicomNode, dcmtk
+
+pytestmark = pytest.mark.dcmtk  # real dcmtk peers as subprocesses
 
 # One bundled vendor file per transfer syntax (pydicom's test data, no download).
 VENDOR_BY_SYNTAX = {
@@ -273,3 +276,19 @@ def test_concurrent_associations(node: DicomNode, tmp_path: Path) -> None:
 
     assert node.archive.counts()["instances"] == 18
     assert node.archive.counts()["patients"] == 3
+
+
+def test_accepted_sockets_have_nodelay(node: DicomNode) -> None:
+    """Nagle's algorithm is off on the server side of every association."""
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        server = node.dicom._server
+        assert server is not None
+        (accepted,) = server.active_associations
+        sock = accepted.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 @pytest.fixture
 def client(server: Any) -> DICOMwebClient:
-    return DICOMwebClient(url=server.http_url + "/dicom-web")
+    return DICOMwebClient(url=server.http_url + "/dicom-web", headers=server.auth)
 
 
 def client_bytes(ds: Dataset) -> bytes:

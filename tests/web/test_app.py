@@ -11,7 +11,7 @@ from ciams.errors import CiamsError, StorageError, UnknownDestinationError
 
 
 def test_health(server: Any) -> None:
-    response = httpx.get(server.http_url + "/api/health")
+    response = httpx.get(server.http_url + "/api/health", headers=server.auth)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
@@ -20,20 +20,20 @@ def test_health(server: Any) -> None:
 
 
 def test_landing_page_and_security_headers(server: Any) -> None:
-    response = httpx.get(server.http_url + "/")
+    response = httpx.get(server.http_url + "/", headers=server.auth)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "/dicom-web" in response.text
     assert server.settings.dicom.ae_title in response.text
     for url in ("/", "/api/health", "/dicom-web/studies", "/missing"):
-        headers = httpx.get(server.http_url + url).headers
+        headers = httpx.get(server.http_url + url, headers=server.auth).headers
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "no-referrer"
         assert "default-src 'self'" in headers["content-security-policy"]
 
 
 def test_openapi_lists_dicomweb(server: Any) -> None:
-    spec = httpx.get(server.http_url + "/openapi.json").json()
+    spec = httpx.get(server.http_url + "/openapi.json", headers=server.auth).json()
     assert "/dicom-web/studies" in spec["paths"]
     assert "post" in spec["paths"]["/dicom-web/studies"]
 
@@ -53,7 +53,7 @@ def test_errors_map_through_the_class_hierarchy(
         raise exc
 
     server.app.add_api_route("/test/fail", fail)
-    response = httpx.get(server.http_url + "/test/fail")
+    response = httpx.get(server.http_url + "/test/fail", headers=server.auth)
     assert response.status_code == status
     assert response.json()["error"] == code
     assert response.json()["message"] == exc.message
@@ -64,8 +64,8 @@ def test_unexpected_error_is_500_without_internals(server: Any) -> None:
         raise RuntimeError("secret internal detail /etc/passwd")
 
     server.app.add_api_route("/test/boom", boom)
-    response = httpx.get(server.http_url + "/test/boom")
+    response = httpx.get(server.http_url + "/test/boom", headers=server.auth)
     assert response.status_code == 500
     assert response.json()["error"] == "internal"
     assert "secret" not in response.text
-    assert httpx.get(server.http_url + "/api/health").status_code == 200
+    assert httpx.get(server.http_url + "/api/health", headers=server.auth).status_code == 200

@@ -133,11 +133,11 @@ def test_search_series_and_instances(client: DICOMwebClient, studies: list[list[
 def test_unknown_attribute_is_400(server: Any, studies: list[list[Dataset]]) -> None:
     url = server.http_url + "/dicom-web/studies"
     for params in ({"NoSuchKeyword": "1"}, {"includefield": "Bogus"}, {"limit": "-1"}):
-        response = httpx.get(url, params=params)
+        response = httpx.get(url, params=params, headers=server.auth)
         assert response.status_code == 400, params
         body = response.json()
         assert body["error"] == "invalid-request"
         assert body["message"]
-    response = httpx.get(url, params={"SOPInstanceUID": "1.2.3"})
+    response = httpx.get(url, params={"SOPInstanceUID": "1.2.3"}, headers=server.auth)
     assert response.status_code == 400
     assert "level" in response.json()["message"]

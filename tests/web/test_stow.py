@@ -24,6 +24,7 @@ VENDOR = [
     "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
     "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, YBR_FULL
     "rtdose_rle.dcm",  # RLE, 15 frames
+    "examples_ybr_color.dcm",  # JPEG baseline, YBR_FULL_422, 30 frames
 ]
 
 
@@ -78,7 +79,7 @@ def _post(server: Any, body: bytes | Iterator[bytes], content_type: str) -> http
     return httpx.post(
         server.http_url + "/dicom-web/studies",
         content=body,
-        headers={"Content-Type": content_type},
+        headers={**server.auth, "Content-Type": content_type},
         timeout=60,
     )
 
@@ -182,7 +183,7 @@ def test_body_over_limit_is_413(make_server: Any) -> None:
     # The server still answers, and a small upload still works.
     small, content_type = multipart(series[:1])
     assert _post(server, small, content_type).status_code == 200
-    assert httpx.get(server.http_url + "/api/health").json()["status"] == "ok"
+    assert httpx.get(server.http_url + "/api/health", headers=server.auth).json()["status"] == "ok"
 
 
 def test_client_error_surface(server: Any, client: DICOMwebClient) -> None:
@@ -191,3 +192,16 @@ def test_client_error_surface(server: Any, client: DICOMwebClient) -> None:
     del bad.SOPClassUID
     with pytest.raises(HTTPError):
         client.store_instances([bad])
+
+
+def test_parallel_uploads(server: Any) -> None:
+    """Several clients storing at once all get their own complete answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[to_bytes(ds) for ds in make_series(6, seed=n)] for n in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda b: _post(server, *multipart(b)), batches))
+    assert [r.status_code for r in responses] == [200] * 4
+    for response in responses:
+        assert len(pydicom.Dataset.from_json(response.json()).ReferencedSOPSequence) == 6
+    assert server.archive.counts()["instances"] == 24

@@ -88,7 +88,7 @@ def test_retrieve_vendor_files_as_stored_and_transcoded(
     # Any other transfer syntax than the stored one is not acceptable.
     url = f"{server.http_url}/dicom-web/studies/{j2k.StudyInstanceUID}"
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
-    response = httpx.get(url, headers={"Accept": accept})
+    response = httpx.get(url, headers={**server.auth, "Accept": accept})
     assert response.status_code == 406
     assert response.json()["error"] == "not-acceptable"
 
@@ -132,9 +132,14 @@ def test_frames_native_and_compressed(
         media_types=("image/jpeg",),
     )
     assert compressed[0].startswith(b"\xff\xd8")
-    assert compressed[0].rstrip(b"\x00") == pydicom.encaps.get_frame(
-        jpeg.PixelData, 0, number_of_frames=1
-    ).rstrip(b"\x00")
+    assert compressed[0] == pydicom.encaps.get_frame(jpeg.PixelData, 0, number_of_frames=1)
+    # The last frame of a 30-frame JPEG, as stored and decoded.
+    cine = vendor["examples_ybr_color.dcm"]
+    ids = (cine.StudyInstanceUID, cine.SeriesInstanceUID, cine.SOPInstanceUID)
+    last = client.retrieve_instance_frames(*ids, frame_numbers=[30], media_types=("image/jpeg",))
+    assert last == [pydicom.encaps.get_frame(cine.PixelData, 29, number_of_frames=30)]
+    decoded = client.retrieve_instance_frames(*ids, frame_numbers=[30])
+    assert decoded == [cine.pixel_array[29].tobytes()]
 
 
 def test_missing_resources_are_404(server: Any, series: list[Dataset]) -> None:
@@ -147,10 +152,10 @@ def test_missing_resources_are_404(server: Any, series: list[Dataset]) -> None:
         f"{instance}/instances/1.2.3",
         f"{instance}/instances/{ds.SOPInstanceUID}/frames/2",
     ):
-        response = httpx.get(url)
+        response = httpx.get(url, headers=server.auth)
         assert response.status_code == 404, url
         assert response.json()["error"] == "not-found"
-    assert httpx.get(f"{root}/nothing/here").json()["error"] == "not-found"
+    assert httpx.get(f"{root}/nothing/here", headers=server.auth).json()["error"] == "not-found"
 
 
 def _png(data: bytes) -> np.ndarray:
@@ -182,11 +187,11 @@ def test_rendered(server: Any, client: DICOMwebClient, series: list[Dataset]) ->
         f"{server.http_url}/dicom-web/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}"
         "/frames/1/rendered"
     )
-    jpeg = httpx.get(url, headers={"Accept": "image/jpeg"})
+    jpeg = httpx.get(url, headers={**server.auth, "Accept": "image/jpeg"})
     assert jpeg.headers["content-type"] == "image/jpeg"
     assert Image.open(BytesIO(jpeg.content)).size == (64, 64)
-    assert httpx.get(url, headers={"Accept": "image/gif"}).status_code == 406
-    assert httpx.get(url, params={"window": "40"}).status_code == 400
+    assert httpx.get(url, headers={**server.auth, "Accept": "image/gif"}).status_code == 406
+    assert httpx.get(url, params={"window": "40"}, headers=server.auth).status_code == 400
 
 
 def test_rendered_vendor_images(
@@ -200,3 +205,33 @@ def test_rendered_vendor_images(
         image = Image.open(BytesIO(data))
         assert image.size == (ds.Columns, ds.Rows), name
         assert image.mode == ("RGB" if ds.SamplesPerPixel == 3 else "L"), name
+
+
+def test_bulkdata_of_other_elements(client: DICOMwebClient, vendor: dict[str, Dataset]) -> None:
+    ct = vendor["CT_small.dcm"]
+    meta = client.retrieve_instance_metadata(
+        ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID
+    )
+    private = meta["00431029"]  # a 2 KB private OB element
+    assert set(private) == {"vr", "BulkDataURI"}
+    assert client.retrieve_bulkdata(private["BulkDataURI"]) == [ct[0x00431029].value]
+    assert meta["00100010"]["Value"] == [{"Alphabetic": str(ct.PatientName)}]
+
+
+def test_thumbnail_viewport_and_search_media_type(
+    server: Any, client: DICOMwebClient, series: list[Dataset]
+) -> None:
+    ds = series[0]
+    url = (
+        f"{server.http_url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+        f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
+    thumb = httpx.get(url + "/thumbnail", headers=server.auth)
+    assert Image.open(BytesIO(thumb.content)).size == (128, 128)
+    small = httpx.get(url + "/rendered", params={"viewport": "32,16"}, headers=server.auth)
+    assert Image.open(BytesIO(small.content)).size == (16, 16)
+    assert httpx.get(url + "/rendered", params={"viewport": "0,x"}, headers=server.auth).status_code == 400
+    xml = httpx.get(
+        f"{server.http_url}/dicom-web/studies", headers={**server.auth, "Accept": "application/dicom+xml"}
+    )
+    assert xml.status_code == 406

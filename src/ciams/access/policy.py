@@ -34,6 +34,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "auditor": frozenset({"audit"}),
 }
 ROLES = frozenset(PERMISSIONS)
+# Actions every authenticated user may take (about themselves).
+ANY_ROLE = frozenset({"whoami"})
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Principal:
         return self.role == "admin"
 
     def can(self, action: str) -> bool:
-        return action in PERMISSIONS.get(self.role, frozenset())
+        return action in ANY_ROLE or action in PERMISSIONS.get(self.role, frozenset())
 
     def upload_target(self) -> tuple[str, str]:
         """(trial, site) that this caller's uploads belong to."""

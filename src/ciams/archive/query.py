@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -220,13 +221,20 @@ def _zero(keyword: str) -> Any:
     return 0
 
 
+@lru_cache(maxsize=4096)
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    """(tag, VR) of a keyword, looked up once: pydicom's keyword lookup is slow per call."""
+    tag = tag_for_keyword(keyword) or 0
+    return tag, dictionary_VR(tag)
+
+
 def _set(ds: Dataset, keyword: str, value: Any) -> None:
-    vr = dictionary_VR(tag_for_keyword(keyword) or 0)
+    tag, vr = _tag_vr(keyword)
     if value is None or value == "":
-        ds.add_new(keyword, vr, None)
+        ds.add_new(tag, vr, None)
         return
     if isinstance(value, list):
-        ds.add_new(keyword, vr, value if value else None)
+        ds.add_new(tag, vr, value if value else None)
         return
     if vr in ("IS", "US", "UL", "SL", "SS") and not isinstance(value, int):
         try:
@@ -234,9 +242,9 @@ def _set(ds: Dataset, keyword: str, value: Any) -> None:
         except ValueError:
             value = None
     if isinstance(value, str) and "\\" in value and vr not in ("PN",):
-        ds.add_new(keyword, vr, value.split("\\"))
+        ds.add_new(tag, vr, value.split("\\"))
         return
-    ds.add_new(keyword, vr, value)
+    ds.add_new(tag, vr, value)
 
 
 def _visible(clause: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:

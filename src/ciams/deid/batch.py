@@ -19,11 +19,10 @@ import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import config, dcmread
+from pydicom import Dataset, config
 from pydicom.errors import InvalidDicomError
 
 from ciams.deid.engine import Deidentifier
@@ -91,8 +90,9 @@ def iter_inputs(source: Path) -> Iterator[Item]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(recipe: Recipe, subjects: dict[str, str], secret: bytes, site: str | None,
-                 output: str) -> None:
+def _init_worker(
+    recipe: Recipe, subjects: dict[str, str], secret: bytes, site: str | None, output: str
+) -> None:
     # the worker processes are ours: skip pydicom's per-value validation (the leak
     # guard and the writer check what matters), it costs a third of the time
     config.settings.reading_validation_mode = config.IGNORE
@@ -134,8 +134,14 @@ def _write_new(path: Path, data: bytes) -> str:
     return "written"
 
 
-def quarantine(output: Path, item: Item, data: bytes, reason: str, code: str,
-               details: dict[str, Any] | None = None) -> str:
+def quarantine(
+    output: Path,
+    item: Item,
+    data: bytes,
+    reason: str,
+    code: str,
+    details: dict[str, Any] | None = None,
+) -> str:
     """Keep the original bytes under ``output/quarantine`` with a reason file."""
     qdir = output / QUARANTINE
     qdir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +155,21 @@ def quarantine(output: Path, item: Item, data: bytes, reason: str, code: str,
     body = {"source": item.name, "reason": reason, "code": code, **(details or {})}
     target.with_name(target.name + ".reason.json").write_text(json.dumps(body, indent=2))
     return str(target.relative_to(output))
+
+
+class _NotComposite(Exception):
+    """The file is not a composite instance (no SOP Class / Instance UID)."""
+
+
+class _DicomDir(Exception):
+    """The file is a DICOMDIR."""
+
+
+def _accept(ds: Dataset) -> None:
+    if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":
+        raise _DicomDir
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        raise _NotComposite("not a composite instance")
 
 
 def process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
@@ -165,19 +186,7 @@ def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
     except OSError as exc:
         return Outcome(item.name, "skipped", reason=f"cannot read: {exc.strerror}")
     try:
-        ds = dcmread(BytesIO(data), force=True)
-        if "SOPClassUID" not in ds or ("PixelData" not in ds and "SOPInstanceUID" not in ds):
-            raise InvalidDicomError("not a composite instance")
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
-        if data[128:132] == b"DICM" or item.name.lower().endswith(".dcm"):
-            where = quarantine(output, item, data, f"unreadable DICOM: {exc}", "deid-unreadable")
-            return Outcome(item.name, "quarantined", where, f"unreadable DICOM: {exc}",
-                           "deid-unreadable")
-        return Outcome(item.name, "skipped", reason="not DICOM")
-    if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":
-        return Outcome(item.name, "skipped", reason="DICOMDIR (rebuilt, not copied)")
-    try:
-        result = deid.deidentify(ds)
+        result = deid.deidentify_bytes(data, accept=_accept)
     except LeakDetectedError as exc:
         details = {"leaks": [{"where": x.where, "kind": x.kind} for x in exc.leaks]}
         where = quarantine(output, item, data, exc.message, exc.code, details)
@@ -185,6 +194,22 @@ def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
     except CiamsError as exc:
         where = quarantine(output, item, data, str(exc), exc.code)
         return Outcome(item.name, "quarantined", where, exc.message, exc.code)
+    except (
+        _NotComposite,
+        InvalidDicomError,
+        ValueError,
+        EOFError,
+        OSError,
+        KeyError,
+        TypeError,
+    ) as exc:
+        if data[128:132] == b"DICM" or item.name.lower().endswith(".dcm"):
+            reason = f"unreadable DICOM: {exc}"
+            where = quarantine(output, item, data, reason, "deid-unreadable")
+            return Outcome(item.name, "quarantined", where, reason, "deid-unreadable")
+        return Outcome(item.name, "skipped", reason="not DICOM")
+    except _DicomDir:
+        return Outcome(item.name, "skipped", reason="DICOMDIR (rebuilt, not copied)")
     except Exception as exc:  # a broken file must not stop the batch
         log.debug("de-identification failed", exc_info=True)
         reason = f"cannot de-identify: {type(exc).__name__}: {exc}"
@@ -196,14 +221,20 @@ def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
         reason = f"{result.filename} exists with different content"
         where = quarantine(output, item, data, reason, "deid-conflict")
         return Outcome(item.name, "quarantined", where, reason, "deid-conflict")
-    pid = str(ds.get("PatientID", ""))
     new = None
     if result.new_subject:
-        new = next(((p, s) for p, s in deid.new_subjects.items() if s == result.subject_id),
-                   (pid, result.subject_id))
-    return Outcome(item.name, "deidentified" if state == "written" else "duplicate",
-                   result.filename, subject=result.subject_id, new_subject=new,
-                   redactions=len(result.redactions))
+        new = next(
+            ((p, s) for p, s in deid.new_subjects.items() if s == result.subject_id),
+            ("", result.subject_id),
+        )
+    return Outcome(
+        item.name,
+        "deidentified" if state == "written" else "duplicate",
+        result.filename,
+        subject=result.subject_id,
+        new_subject=new,
+        redactions=len(result.redactions),
+    )
 
 
 def _run_chunk(items: list[Item]) -> list[Outcome]:
@@ -231,7 +262,7 @@ def run_batch(
     output.mkdir(parents=True, exist_ok=True)
     jobs = jobs or os.cpu_count() or 1
     summary = Summary()
-    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     init_args = (recipe, subjects, secret, site, str(output))
     if jobs == 1 or len(chunks) <= 1:
         _init_worker(*init_args)
@@ -241,8 +272,9 @@ def run_batch(
             if on_progress:
                 on_progress(len(done))
         return summary
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
-                             initargs=init_args) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, initializer=_init_worker, initargs=init_args
+    ) as pool:
         pending: set[Future[list[Outcome]]] = set()
         queue = iter(chunks)
         for chunk in queue:

@@ -33,27 +33,37 @@ def _secret(secret_file: Path | None, console: Console) -> bytes:
     if secret_file is not None:
         data = secret_file.read_bytes().strip()
         if len(data) < 16:
-            raise typer.BadParameter("the secret file must hold at least 16 bytes",
-                                     param_hint="--secret-file")
+            raise typer.BadParameter(
+                "the secret file must hold at least 16 bytes", param_hint="--secret-file"
+            )
         return data
     env = os.environ.get(SECRET_ENV, "").encode()
     if env:
         return env
-    console.print(f"[yellow]no trial secret (--secret-file or {SECRET_ENV}): using a random one; "
-                  "UIDs, date shifts and generated codes will differ from other runs[/]")
+    console.print(
+        f"[yellow]no trial secret (--secret-file or {SECRET_ENV}): using a random one; "
+        "UIDs, date shifts and generated codes will differ from other runs[/]"
+    )
     return secrets.token_bytes(32)
 
 
 def deid_command(
     input: Path = typer.Argument(..., exists=True, help="a DICOM file, a folder or a .zip"),
     output: Path = typer.Argument(..., help="output folder (created); quarantine/ inside"),
-    recipe: Path | None = typer.Option(None, "--recipe", exists=True, dir_okay=False,
-                                       help="trial recipe YAML (default: built-in)"),
-    subjects: Path | None = typer.Option(None, "--subjects", exists=True, dir_okay=False,
-                                         help="CSV with columns patient_id,subject_id"),
+    recipe: Path | None = typer.Option(
+        None, "--recipe", exists=True, dir_okay=False, help="trial recipe YAML (default: built-in)"
+    ),
+    subjects: Path | None = typer.Option(
+        None,
+        "--subjects",
+        exists=True,
+        dir_okay=False,
+        help="CSV with columns patient_id,subject_id",
+    ),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="worker processes (0 = all cores)"),
-    secret_file: Path | None = typer.Option(None, "--secret-file", exists=True, dir_okay=False,
-                                            help=f"trial secret (or ${SECRET_ENV})"),
+    secret_file: Path | None = typer.Option(
+        None, "--secret-file", exists=True, dir_okay=False, help=f"trial secret (or ${SECRET_ENV})"
+    ),
     site: str | None = typer.Option(None, "--site", help="site code for per-site recipe rules"),
 ) -> None:
     """De-identify DICOM files with a trial recipe (PS3.15 Annex E + trial rules)."""
@@ -68,11 +78,23 @@ def deid_command(
         console.print("[red]error:[/] OUTPUT must not be inside INPUT")
         raise typer.Exit(1)
     key = _secret(secret_file, console)
-    with Progress(TextColumn("[bold]de-identifying"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]de-identifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("deid", total=None)
         summary = run_batch(
-            input, output, rec, subject_map, key, jobs=jobs, site=site,
+            input,
+            output,
+            rec,
+            subject_map,
+            key,
+            jobs=jobs,
+            site=site,
             on_total=lambda n: progress.update(task, total=n),
             on_progress=lambda n: progress.advance(task, n),
         )

@@ -41,8 +41,10 @@ def shift_da(value: str, days: int) -> str:
     for part in value.split("\\"):
         if "-" in part:
             lo, _, hi = part.partition("-")
-            out.append(f"{_shift_da(lo, days) if lo.strip() else ''}-"
-                       f"{_shift_da(hi, days) if hi.strip() else ''}")
+            out.append(
+                f"{_shift_da(lo, days) if lo.strip() else ''}-"
+                f"{_shift_da(hi, days) if hi.strip() else ''}"
+            )
         else:
             out.append(_shift_da(part, days))
     return "\\".join(out)

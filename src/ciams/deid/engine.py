@@ -14,11 +14,12 @@ as read, which keeps the engine fast and the output byte-faithful.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,8 @@ from ciams.deid import pixels as pixel_ops
 from ciams.deid._standard.annex_e import EDITION
 from ciams.deid.dates import age_string, offset_days, shift_da, shift_dt
 from ciams.deid.errors import Leak, LeakDetectedError, UnknownSubjectError
+from ciams.deid.fastpath import FastPath
 from ciams.deid.leaks import LeakScanner, identifier_tokens, value_bytes
-from ciams.deid.writer import serialize, serialize_parts
 from ciams.deid.profile import (
     AGE,
     CLEAN,
@@ -55,18 +56,46 @@ from ciams.deid.profile import (
     Option,
     compile_profile,
 )
+from ciams.deid.reader import read_fast
 from ciams.deid.recipe import MATCH_KEYS, Recipe, Rule, default_recipe
 from ciams.deid.uids import UidMapper, derive_int
+from ciams.deid.writer import serialize, serialize_parts
 
 log = logging.getLogger(__name__)
 
 DUMMIES: dict[str, Any] = {
-    "PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "ST": "ANONYMIZED",
-    "LT": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED",
-    "AE": "ANONYMIZED", "DA": "19000101", "DT": "19000101000000", "TM": "000000",
-    "AS": "000Y", "DS": "0", "IS": "0", "UR": "", "US": 0, "SS": 0, "UL": 0, "SL": 0,
-    "UV": 0, "SV": 0, "FL": 0.0, "FD": 0.0, "OB": b"\0\0", "OW": b"\0\0", "UN": b"\0\0",
-    "OF": b"\0\0\0\0", "OD": b"\0" * 8, "OL": b"\0\0\0\0", "OV": b"\0" * 8, "AT": 0,
+    "PN": "ANONYMIZED",
+    "LO": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+    "UC": "ANONYMIZED",
+    "CS": "ANONYMIZED",
+    "AE": "ANONYMIZED",
+    "DA": "19000101",
+    "DT": "19000101000000",
+    "TM": "000000",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+    "UR": "",
+    "US": 0,
+    "SS": 0,
+    "UL": 0,
+    "SL": 0,
+    "UV": 0,
+    "SV": 0,
+    "FL": 0.0,
+    "FD": 0.0,
+    "OB": b"\0\0",
+    "OW": b"\0\0",
+    "UN": b"\0\0",
+    "OF": b"\0\0\0\0",
+    "OD": b"\0" * 8,
+    "OL": b"\0\0\0\0",
+    "OV": b"\0" * 8,
+    "AT": 0,
 }
 CODE_VALUE, CODE_MEANING, LONG_CODE_VALUE = 0x00080100, 0x00080104, 0x00080119
 BIRTH_DATE = 0x00100030
@@ -94,15 +123,26 @@ class Redaction:
     source: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"frame": self.frame, "x": self.x, "y": self.y, "width": self.width,
-                "height": self.height, "source": self.source}
+        return {
+            "frame": self.frame,
+            "x": self.x,
+            "y": self.y,
+            "width": self.width,
+            "height": self.height,
+            "source": self.source,
+        }
 
 
 @dataclass
 class DeidResult:
-    """What :meth:`Deidentifier.deidentify` produced for one instance."""
+    """What :meth:`Deidentifier.deidentify` produced for one instance.
 
-    dataset: Dataset
+    ``dataset`` is the de-identified dataset; ``data`` the bytes of the output file;
+    ``filename`` the generated relative path; ``actions`` counts per action;
+    ``redactions`` the blanked pixel boxes; ``rules`` the recipe rules applied.
+    """
+
+    _dataset: Dataset | None
     filename: str
     subject_id: str
     new_subject: bool = False
@@ -111,6 +151,15 @@ class DeidResult:
     redactions: list[Redaction] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     leaks: list[Leak] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The de-identified dataset (parsed from ``data`` when made by the fast path)."""
+        if self._dataset is None:
+            if self.data is None:
+                raise ValueError("the result holds neither a dataset nor data")
+            self._dataset = read_fast(self.data)
+        return self._dataset
 
 
 @dataclass
@@ -143,9 +192,11 @@ class Deidentifier:
     --------
     >>> from pydicom import Dataset
     >>> ds = Dataset(); ds.PatientName = "DOE^JANE"; ds.PatientID = "123456"
-    >>> ds.PatientSex = "F"; ds.SOPInstanceUID = "1.2.3.4"; ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    >>> result = Deidentifier(None, {"123456": "LOCAT-0001"}, b"trial-secret").deidentify(ds)
-    >>> str(result.dataset.PatientName), result.dataset.PatientSex, result.dataset.PatientIdentityRemoved
+    >>> ds.PatientSex = "F"; ds.SOPInstanceUID = "1.2.3.4"
+    >>> ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    >>> deid = Deidentifier(None, {"123456": "LOCAT-0001"}, b"trial-secret")
+    >>> out = deid.deidentify(ds).dataset
+    >>> str(out.PatientName), out.PatientSex, out.PatientIdentityRemoved
     ('LOCAT-0001', 'F', 'YES')
     """
 
@@ -168,6 +219,9 @@ class Deidentifier:
         self._base = self._profile(())
         self.new_subjects: dict[str, str] = {}
         self._method = self._method_values()
+        self._stamps: dict[tuple[frozenset[str], bool], list[DataElement]] = {}
+        self._subject_elems: dict[str, tuple[DataElement, DataElement]] = {}
+        self._fast = FastPath(self)
 
     # -- setup ------------------------------------------------------------------------------
     def _profile(self, rules: tuple[Rule, ...]) -> CompiledProfile:
@@ -226,7 +280,7 @@ class Deidentifier:
         self._walk(ds, profile, ctx)
         for item, tag, vr in ctx.to_clean:
             self._clean(item, tag, vr, ctx)
-        result = DeidResult(dataset=ds, filename="", subject_id=subject, new_subject=new)
+        result = DeidResult(ds, filename="", subject_id=subject, new_subject=new)
         result.rules = [r.name for r in rules]
         if PATIENT_AGE in profile.actions and profile.actions[PATIENT_AGE] in (AGE, KEEP):
             current = _text(ds, PATIENT_AGE)
@@ -238,8 +292,11 @@ class Deidentifier:
                     del ds[PATIENT_AGE]
         pixel_cleaned = self._pixels(ds, match_values, burned_in, rules, result)
         self._stamp(ds, profile, subject, pixel_cleaned)
-        result.filename = f"{subject}/{ds.SOPInstanceUID}.dcm" if "SOPInstanceUID" in ds \
+        result.filename = (
+            f"{subject}/{ds.SOPInstanceUID}.dcm"
+            if "SOPInstanceUID" in ds
             else f"{subject}/{self.uids(str(id(ds)))}.dcm"
+        )
         result.actions = Counter({_NAMES[k]: v for k, v in ctx.counts.items()})
         if self.verify:
             self._verify(ds, ctx, profile, result)
@@ -248,15 +305,54 @@ class Deidentifier:
         return result
 
     def _match_values(self, ds: Dataset) -> dict[str, str]:
+        def number(tag: int) -> str:
+            return str(ds[tag].value) if tag in ds else ""
+
+        return self._match_values_from(lambda tag: _text(ds, tag), number)
+
+    def _match_values_from(
+        self, text: Callable[[int], str | None], number: Callable[[int], str]
+    ) -> dict[str, str]:
+        """The values recipe rules match on (site, Manufacturer, Model, size, ...)."""
         values = {"site": self.site}
+        if not self.recipe.rules and not self.recipe.regions:
+            return values
         for key, tag in MATCH_KEYS.items():
             if tag is None:
                 continue
-            if key in ("Rows", "Columns"):
-                values[key] = str(ds[tag].value) if tag in ds else ""
-            else:
-                values[key] = _text(ds, tag) or ""
+            values[key] = number(tag) if key in ("Rows", "Columns") else (text(tag) or "")
         return values
+
+    def deidentify_bytes(
+        self, data: bytes, *, accept: Callable[[Dataset], None] | None = None
+    ) -> DeidResult:
+        """De-identify the DICOM file ``data``; the byte-level fast path when it applies.
+
+        Same results as ``deidentify(dcmread(data))`` (tests compare the bytes), faster
+        for the common Explicit VR Little Endian files; anything else is read with
+        pydicom and goes through :meth:`deidentify`; ``accept`` may refuse such a
+        dataset (by raising) before anything is done to it.
+        """
+        fast = self._fast.run(data)
+        if fast is None:
+            ds = read_fast(data)
+            if accept is not None:
+                accept(ds)
+            return self.deidentify(ds)
+        header, pixel, filename, subject, new, counts, identifiers, profile = fast
+        result = DeidResult(None, filename, subject, new, data=header + pixel, actions=counts)
+        if self.verify:
+            scanner = LeakScanner(
+                identifiers,
+                patterns=self.recipe.leak_patterns,
+                ignore=self._verify_ignore(subject),
+                dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
+            )
+            if scanner.scan_bytes(header):
+                leaks = scanner.locate(result.dataset)
+                if leaks:
+                    self._raise_leaks(result, leaks)
+        return result
 
     def _walk(self, ds: Dataset, profile: CompiledProfile, ctx: _Context) -> None:
         actions = profile.actions
@@ -281,11 +377,12 @@ class Deidentifier:
                     for tok, comp in identifier_tokens(t, vr, raw):
                         ctx.identifiers.setdefault(tok, (t, comp))
             if act == REMOVE:
-                if vr == "SQ" or (vr == "UN" and isinstance(elem, RawDataElement) and
-                                  elem.value is None):
+                if vr == "SQ" or (
+                    vr == "UN" and isinstance(elem, RawDataElement) and elem.value is None
+                ):
                     self._collect(ds[tag].value if vr == "SQ" else [], profile, ctx)
                 del ds[tag]
-            elif act == RECURSE or act == DUMMY_SQ:
+            elif act in (RECURSE, DUMMY_SQ):
                 seq = ds[tag].value
                 if act == DUMMY_SQ and any(
                     CODE_VALUE in item or CODE_MEANING in item or LONG_CODE_VALUE in item
@@ -326,8 +423,11 @@ class Deidentifier:
             elem_no = t & 0xFFFF
             if 0x10 <= elem_no <= 0xFF:  # a private creator: kept if its block keeps anything
                 creator = str(ds[t].value).strip().upper()
-                return KEEP if any(c == creator and (k >> 8) == group
-                                   for c, k in profile.safe_private) else REMOVE
+                return (
+                    KEEP
+                    if any(c == creator and (k >> 8) == group for c, k in profile.safe_private)
+                    else REMOVE
+                )
             if elem_no >= 0x1000:
                 creator_elem = ds.get((group, elem_no >> 8))
                 creator = str(creator_elem.value).strip().upper() if creator_elem else ""
@@ -342,8 +442,9 @@ class Deidentifier:
                 return CLEAN if Option.CLEAN_GRAPHICS in profile.options else REMOVE
         return act
 
-    def _collect(self, items: Sequence | list[Dataset], profile: CompiledProfile,
-                 ctx: _Context) -> None:
+    def _collect(
+        self, items: Sequence | list[Dataset], profile: CompiledProfile, ctx: _Context
+    ) -> None:
         """Record identifying values inside a sequence being removed or replaced."""
         for item in items:
             for tag in list(item.keys()):
@@ -358,8 +459,9 @@ class Deidentifier:
                         for tok, comp in identifier_tokens(t, vr, raw):
                             ctx.identifiers.setdefault(tok, (t, comp))
 
-    def _shift(self, ds: Dataset, t: int, vr: str, elem: DataElement | RawDataElement,
-               days: int) -> None:
+    def _shift(
+        self, ds: Dataset, t: int, vr: str, elem: DataElement | RawDataElement, days: int
+    ) -> None:
         raw = value_bytes(elem)
         if not raw:
             return
@@ -378,17 +480,29 @@ class Deidentifier:
             if isinstance(value, bytes) and value:
                 ds[t] = DataElement(t, vr, None)
             return
-        text = "\\".join(str(v) for v in value) if not isinstance(value, str) and hasattr(
-            value, "__iter__") else str(value)
+        text = (
+            "\\".join(str(v) for v in value)
+            if not isinstance(value, str) and hasattr(value, "__iter__")
+            else str(value)
+        )
         cleaned = _scrub(CLEAN_PATTERNS.sub("", text), ctx.identifiers)
         cleaned = re.sub(r"\s{2,}", " ", cleaned).strip()
         if cleaned != text:
             ds[t] = DataElement(t, vr, cleaned or None)
 
-    def _pixels(self, ds: Dataset, values: dict[str, str], burned_in: str | None,
-                rules: tuple[Rule, ...], result: DeidResult) -> bool:
-        regions = [(rule.name, reg) for rule in (*rules, *self.recipe.matching_regions(values))
-                   for reg in rule.regions]
+    def _pixels(
+        self,
+        ds: Dataset,
+        values: dict[str, str],
+        burned_in: str | None,
+        rules: tuple[Rule, ...],
+        result: DeidResult,
+    ) -> bool:
+        regions = [
+            (rule.name, reg)
+            for rule in (*rules, *self.recipe.matching_regions(values))
+            for reg in rule.regions
+        ]
         ocr = pixel_ops.wants_ocr(ds, self.recipe, burned_in, rules)
         if not regions and not ocr:
             return False
@@ -396,25 +510,26 @@ class Deidentifier:
         result.redactions.extend(Redaction(*b) for b in boxes)
         return True
 
-    def _stamp(self, ds: Dataset, profile: CompiledProfile, subject: str,
-               pixel_cleaned: bool) -> None:
+    def _stamp(
+        self, ds: Dataset, profile: CompiledProfile, subject: str, pixel_cleaned: bool
+    ) -> None:
         """De-identification attributes (PS3.3 C.7.1.1) and regenerated file meta."""
-        ds.PatientName = subject
-        ds.PatientID = subject
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self._method
-        codes = ["basic", *sorted(profile.options)]
-        if pixel_cleaned:
-            codes.insert(1, "clean_pixel_data")
-            ds.BurnedInAnnotation = "NO"
-        ds.DeidentificationMethodCodeSequence = Sequence(
-            [_method_item(key) for key in codes])
-        if Option.RETAIN_LONG_MODIFIED_DATES in profile.options:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
-        elif Option.RETAIN_LONG_FULL_DATES in profile.options:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
-        else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+        subject_elems = self._subject_elems.get(subject)
+        if subject_elems is None:
+            subject_elems = (
+                DataElement(0x00100010, "PN", subject),
+                DataElement(0x00100020, "LO", subject),
+            )
+            if len(self._subject_elems) < 10_000:
+                self._subject_elems[subject] = subject_elems
+        for elem in subject_elems:
+            ds[elem.tag] = copy.copy(elem)
+        key = (profile.options, pixel_cleaned)
+        stamps = self._stamps.get(key)
+        if stamps is None:
+            stamps = self._stamps[key] = self._make_stamps(profile, pixel_cleaned)
+        for elem in stamps:  # built once per option set; copied so callers may edit them
+            ds[elem.tag] = copy.copy(elem)
         trial = self.recipe.trial
         if trial.get("sponsor") and trial.get("protocol_id"):
             ds.ClinicalTrialSponsorName = trial["sponsor"][:64]
@@ -424,6 +539,22 @@ class Deidentifier:
             ds.ClinicalTrialSiteName = None
             ds.ClinicalTrialSubjectID = subject
         self._file_meta(ds)
+
+    def _make_stamps(self, profile: CompiledProfile, pixel_cleaned: bool) -> list[DataElement]:
+        codes = ["basic", *sorted(profile.options)]
+        stamps = [DataElement(0x00120062, "CS", "YES"), DataElement(0x00120063, "LO", self._method)]
+        if pixel_cleaned:
+            codes.insert(1, "clean_pixel_data")
+            stamps.append(DataElement(BURNED_IN, "CS", "NO"))
+        stamps.append(DataElement(0x00120064, "SQ", Sequence([_method_item(k) for k in codes])))
+        if Option.RETAIN_LONG_MODIFIED_DATES in profile.options:
+            modified = "MODIFIED"
+        elif Option.RETAIN_LONG_FULL_DATES in profile.options:
+            modified = "UNMODIFIED"
+        else:
+            modified = "REMOVED"
+        stamps.append(DataElement(0x00280303, "CS", modified))
+        return stamps
 
     def _file_meta(self, ds: Dataset) -> None:
         old = getattr(ds, "file_meta", None)
@@ -441,20 +572,27 @@ class Deidentifier:
         if implicit and not syntax.is_implicit_VR:
             for _ in ds.iterall():  # decode raw implicit elements so they get their VR
                 pass
+        sop_class = ds.get("SOPClassUID") or "1.2.840.10008.5.1.4.1.1.7"
+        sop_instance = ds.get("SOPInstanceUID") or self.uids(str(id(ds)))
         meta = pixel_ops.new_file_meta()
-        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
-        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or self.uids(str(id(ds)))
-        meta.TransferSyntaxUID = syntax
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        for elem in (
+            DataElement(0x00020001, "OB", b"\x00\x01"),
+            DataElement(0x00020002, "UI", sop_class),
+            DataElement(0x00020003, "UI", sop_instance),
+            DataElement(0x00020010, "UI", syntax),
+            copy.copy(_IMPL_UID),
+            copy.copy(_IMPL_VERSION),
+        ):
+            meta[elem.tag] = elem
         ds.file_meta = meta
 
-    def _verify(self, ds: Dataset, ctx: _Context, profile: CompiledProfile,
-                result: DeidResult) -> None:
-        ignore = [ctx.subject.encode(), *(v.encode() for v in self._method),
-                  IMPLEMENTATION_UID.encode(), IMPLEMENTATION_VERSION.encode()]
+    def _verify(
+        self, ds: Dataset, ctx: _Context, profile: CompiledProfile, result: DeidResult
+    ) -> None:
         scanner = LeakScanner(
-            ctx.identifiers, patterns=self.recipe.leak_patterns, ignore=ignore,
+            ctx.identifiers,
+            patterns=self.recipe.leak_patterns,
+            ignore=self._verify_ignore(ctx.subject),
             dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
         )
         header, pixel = serialize_parts(ds)
@@ -462,17 +600,44 @@ class Deidentifier:
         if scanner.scan_bytes(header):
             leaks = scanner.locate(ds)
             if leaks:
-                result.leaks = leaks
-                exc = LeakDetectedError(
-                    f"identifying values remain after de-identification: "
-                    f"{'; '.join(str(x) for x in leaks[:5])}", leaks)
-                exc.result = result  # type: ignore[attr-defined]
-                raise exc
+                self._raise_leaks(result, leaks)
+
+    def _verify_ignore(self, subject: str) -> list[bytes]:
+        """Values the engine writes itself: never leaks."""
+        return [
+            subject.encode(),
+            *(v.encode() for v in self._method),
+            IMPLEMENTATION_UID.encode(),
+            IMPLEMENTATION_VERSION.encode(),
+        ]
+
+    @staticmethod
+    def _raise_leaks(result: DeidResult, leaks: list[Leak]) -> None:
+        result.leaks = leaks
+        exc = LeakDetectedError(
+            f"identifying values remain after de-identification: "
+            f"{'; '.join(str(x) for x in leaks[:5])}",
+            leaks,
+        )
+        exc.result = result  # type: ignore[attr-defined]
+        raise exc
 
 
-_NAMES = {KEEP: "keep", REMOVE: "remove", EMPTY: "empty", DUMMY: "dummy", UID: "uid",
-          CLEAN: "clean", SHIFT: "shift", RECURSE: "recurse", DUMMY_SQ: "dummy-sequence",
-          SUBJECT: "subject", AGE: "age"}
+_IMPL_UID = DataElement(0x00020012, "UI", IMPLEMENTATION_UID)
+_IMPL_VERSION = DataElement(0x00020013, "SH", IMPLEMENTATION_VERSION)
+_NAMES = {
+    KEEP: "keep",
+    REMOVE: "remove",
+    EMPTY: "empty",
+    DUMMY: "dummy",
+    UID: "uid",
+    CLEAN: "clean",
+    SHIFT: "shift",
+    RECURSE: "recurse",
+    DUMMY_SQ: "dummy-sequence",
+    SUBJECT: "subject",
+    AGE: "age",
+}
 
 
 def _scrub(text: str, identifiers: dict[bytes, tuple[int, bool]]) -> str:

@@ -65,9 +65,7 @@ class NotDeidentifiedError(DeidError):
 
     code = "deid-not-deidentified"
     http_status = 422
-    default_hint = (
-        "de-identify the instance with the trial recipe (ciams deid) before sending it"
-    )
+    default_hint = "de-identify the instance with the trial recipe (ciams deid) before sending it"
 
     def __init__(self, message: str, reasons: list[str], *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)

@@ -37,20 +37,39 @@ from ciams.deid.profile import (
 )
 from ciams.deid.recipe import Recipe
 from ciams.deid.uids import is_well_known
-from ciams.deid.writer import serialize  # noqa: F401  (re-exported)
 
 #: Patterns searched in every output (over and above the source's own values).
 DEFAULT_PATTERNS: dict[str, str] = {
     "email": r"[a-z0-9._%+\-]{2,}@[a-z0-9\-]{2,}(?:\.[a-z0-9\-]{2,})+",
-    "phone": r"(?<![0-9.\\])(?:\+[0-9]{1,3}[ \-])?\(?[0-9]{2,4}\)?[ \-][0-9]{3,4}[ \-][0-9]{3,5}(?![0-9.])",
+    "phone": (
+        r"(?<![0-9.\\])(?:\+[0-9]{1,3}[ \-])?\(?[0-9]{2,4}\)?[ \-][0-9]{3,4}[ \-][0-9]{3,5}"
+        r"(?![0-9.])"
+    ),
     "ssn": r"(?<![0-9])[0-9]{3}-[0-9]{2}-[0-9]{4}(?![0-9])",
 }
 #: Values too common to be identifying on their own.
 STOPWORDS = frozenset(
-    b.lower() for b in (
-        b"ANONYMIZED", b"ANONYMOUS", b"ANON", b"UNKNOWN", b"NONE", b"NULL", b"N/A", b"YES",
-        b"NO", b"OTHER", b"TEST", b"DEFAULT", b"REMOVED", b"MODIFIED", b"UNMODIFIED",
-        b"19000101", b"000000", b"0000", b"00000000",
+    b.lower()
+    for b in (
+        b"ANONYMIZED",
+        b"ANONYMOUS",
+        b"ANON",
+        b"UNKNOWN",
+        b"NONE",
+        b"NULL",
+        b"N/A",
+        b"YES",
+        b"NO",
+        b"OTHER",
+        b"TEST",
+        b"DEFAULT",
+        b"REMOVED",
+        b"MODIFIED",
+        b"UNMODIFIED",
+        b"19000101",
+        b"000000",
+        b"0000",
+        b"00000000",
     )
 )
 ID_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050, 0x00101002, 0x00380010})
@@ -147,8 +166,9 @@ class LeakScanner:
                 start = 0
                 while (i := low.find(tok, start)) >= 0:
                     j = i + len(tok)
-                    if (i == 0 or low[i - 1] not in _ALNUM) and (j == len(low)
-                                                                  or low[j] not in _ALNUM):
+                    if (i == 0 or low[i - 1] not in _ALNUM) and (
+                        j == len(low) or low[j] not in _ALNUM
+                    ):
                         yield tok
                         break
                     start = i + 1
@@ -156,8 +176,7 @@ class LeakScanner:
     def _hits(self, low: bytes, coded: bool = False, equipment: bool = False) -> Iterator[str]:
         for token in self._found(low):
             tag, component = self.identifiers.get(token, (0, False))
-            if (component and coded) or (equipment and tag >> 16 != 0x0010
-                                         and tag not in ID_TAGS):
+            if (component and coded) or (equipment and tag >> 16 != 0x0010 and tag not in ID_TAGS):
                 continue
             yield f"identifier:{keyword_for_tag(tag) or describe(tag)}"
         for name, pat in self._patterns.items():
@@ -204,9 +223,7 @@ class LeakScanner:
                 leaks.append(Leak(where, kind))
 
 
-def collect_identifiers(
-    source: Dataset, profile: CompiledProfile
-) -> dict[bytes, tuple[int, bool]]:
+def collect_identifiers(source: Dataset, profile: CompiledProfile) -> dict[bytes, tuple[int, bool]]:
     """Identifying values of ``source``: values of attributes the profile does not keep."""
     found: dict[bytes, tuple[int, bool]] = {}
 
@@ -243,8 +260,12 @@ def scan_for_leaks(
     profile = compile_profile(rec.options, keep=rec.keep, remove=rec.remove)
     identifiers = collect_identifiers(source_ds, profile)
     ignore = [str(output_ds.get("PatientID", "")).encode(), *_own_values(output_ds)]
-    scanner = LeakScanner(identifiers, patterns=rec.leak_patterns, ignore=ignore,
-                          dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options)
+    scanner = LeakScanner(
+        identifiers,
+        patterns=rec.leak_patterns,
+        ignore=ignore,
+        dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
+    )
     return scanner.locate(output_ds)
 
 
@@ -253,8 +274,10 @@ def _own_values(ds: Dataset) -> list[bytes]:
     meta = getattr(ds, "file_meta", None)
     own = [str(v).encode() for v in ds.get("DeidentificationMethod", []) or []]
     if meta is not None:
-        own += [str(meta.get("ImplementationClassUID", "")).encode(),
-                str(meta.get("ImplementationVersionName", "")).encode()]
+        own += [
+            str(meta.get("ImplementationClassUID", "")).encode(),
+            str(meta.get("ImplementationVersionName", "")).encode(),
+        ]
     return [o for o in own if o]
 
 
@@ -278,22 +301,38 @@ def check_ingest(ds: Dataset, recipe: Recipe) -> None:
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
         reasons.append("Burned In Annotation (0028,0301) is YES")
     profile = compile_profile(
-        recipe.options, keep=recipe.keep, remove=recipe.remove,
-        keep_overlays=recipe.keep_overlays, keep_curves=recipe.keep_curves,
+        recipe.options,
+        keep=recipe.keep,
+        remove=recipe.remove,
+        keep_overlays=recipe.keep_overlays,
+        keep_curves=recipe.keep_curves,
         safe_private=recipe.safe_private,
     )
     _check_removed(ds, profile, "", reasons)
     if reasons:
         raise NotDeidentifiedError(
-            "the instance is not de-identified for this trial: " + "; ".join(reasons[:5])
+            "the instance is not de-identified for this trial: "
+            + "; ".join(reasons[:5])
             + (f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else ""),
             reasons,
         )
 
 
 #: Attributes the de-identifier writes itself (PS3.3 C.7.1.1, C.7.1.3).
-STAMPED_TAGS = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303, 0x00120010,
-                          0x00120020, 0x00120021, 0x00120030, 0x00120031, 0x00120040})
+STAMPED_TAGS = frozenset(
+    {
+        0x00120062,
+        0x00120063,
+        0x00120064,
+        0x00280303,
+        0x00120010,
+        0x00120020,
+        0x00120021,
+        0x00120030,
+        0x00120031,
+        0x00120040,
+    }
+)
 
 
 def _check_removed(ds: Dataset, profile: CompiledProfile, prefix: str, reasons: list[str]) -> None:
@@ -308,8 +347,10 @@ def _check_removed(ds: Dataset, profile: CompiledProfile, prefix: str, reasons: 
             act = profile.action(t)
             if act == REMOVE and (t >> 16) & 1 and profile.safe_private:
                 creator = ds.get((t >> 16, (t >> 8) & 0xFF))
-                key = (str(creator.value).strip().upper() if creator is not None else "",
-                       (t >> 16) << 8 | (t & 0xFF))
+                key = (
+                    str(creator.value).strip().upper() if creator is not None else "",
+                    (t >> 16) << 8 | (t & 0xFF),
+                )
                 if key in profile.safe_private:
                     continue
         elem = ds[tag]
@@ -323,4 +364,6 @@ def _check_removed(ds: Dataset, profile: CompiledProfile, prefix: str, reasons: 
                 reasons.append(f"{prefix}{describe(t)} must be empty")
             continue
         if act in (REMOVE, EMPTY) and not elem.is_empty:
-            reasons.append(f"{prefix}{describe(t)} must be {'removed' if act == REMOVE else 'empty'}")
+            reasons.append(
+                f"{prefix}{describe(t)} must be {'removed' if act == REMOVE else 'empty'}"
+            )

@@ -89,7 +89,9 @@ def _to_gray8(frame: np.ndarray[Any, Any], photometric: str) -> np.ndarray[Any, 
     return g.astype(np.uint8)
 
 
-def ocr_boxes(gray: np.ndarray[Any, Any], min_confidence: float = 0.0) -> list[tuple[int, int, int, int]]:
+def ocr_boxes(
+    gray: np.ndarray[Any, Any], min_confidence: float = 0.0
+) -> list[tuple[int, int, int, int]]:
     """Word boxes ``(x, y, w, h)`` Tesseract finds in an 8-bit image (dark or light text)."""
     try:
         import pytesseract
@@ -104,13 +106,14 @@ def ocr_boxes(gray: np.ndarray[Any, Any], min_confidence: float = 0.0) -> list[t
         if scale > 1:
             img = img.resize((w * scale, h * scale), Image.Resampling.BICUBIC)
         try:
-            data = pytesseract.image_to_data(img, config="--psm 11",
-                                             output_type=pytesseract.Output.DICT)
+            data = pytesseract.image_to_data(
+                img, config="--psm 11", output_type=pytesseract.Output.DICT
+            )
         except pytesseract.TesseractNotFoundError as exc:
             raise PixelRedactionError(
                 "OCR is required for this image but Tesseract is not installed",
                 hint="apt-get install tesseract-ocr, or set 'pixels: {ocr: never}' in the recipe "
-                     "and blank regions by rule",
+                "and blank regions by rule",
             ) from exc
         for i, text in enumerate(data["text"]):
             if not any(ch.isalnum() for ch in str(text)):
@@ -125,8 +128,9 @@ def ocr_boxes(gray: np.ndarray[Any, Any], min_confidence: float = 0.0) -> list[t
     return boxes
 
 
-def redact(ds: Dataset, regions: list[tuple[str, Region]], *, ocr: bool,
-           recipe: Recipe) -> list[tuple[int | None, int, int, int, int, str]]:
+def redact(
+    ds: Dataset, regions: list[tuple[str, Region]], *, ocr: bool, recipe: Recipe
+) -> list[tuple[int | None, int, int, int, int, str]]:
     """Blank ``regions`` and OCR-found text in ``ds``'s pixel data, in place."""
     if "PixelData" not in ds:
         return []
@@ -146,13 +150,14 @@ def redact(ds: Dataset, regions: list[tuple[str, Region]], *, ocr: bool,
     rows, cols = frames.shape[1], frames.shape[2]
     done: list[tuple[int | None, int, int, int, int, str]] = []
     for name, reg in regions:
-        frames[:, reg.y:reg.y + reg.height, reg.x:reg.x + reg.width, ...] = fill
+        frames[:, reg.y : reg.y + reg.height, reg.x : reg.x + reg.width, ...] = fill
         done.append((None, reg.x, reg.y, reg.width, reg.height, f"rule:{name}"))
     if ocr:
         targets = range(len(frames)) if recipe.ocr_all_frames else [0]
         for fi in targets:
-            for x, y, w, h in ocr_boxes(_to_gray8(frames[fi], photometric),
-                                        recipe.ocr_min_confidence):
+            for x, y, w, h in ocr_boxes(
+                _to_gray8(frames[fi], photometric), recipe.ocr_min_confidence
+            ):
                 x0, y0 = max(0, x - PAD), max(0, y - PAD)
                 x1, y1 = min(cols, x + w + PAD), min(rows, y + h + PAD)
                 if recipe.ocr_all_frames:

@@ -31,7 +31,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pydicom.datadict import DicomDictionary, keyword_for_tag, tag_for_keyword
+from pydicom._dicom_dict import DicomDictionary
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from ciams.deid._standard import annex_e
 from ciams.deid.errors import RecipeError
@@ -87,8 +88,14 @@ OPTION_CODES: dict[str, tuple[str, str]] = {
     Option.CLEAN_GRAPHICS: ("113103", "Clean Graphics Option"),
     Option.CLEAN_STRUCTURED_CONTENT: ("113104", "Clean Structured Content Option"),
     Option.CLEAN_DESCRIPTORS: ("113105", "Clean Descriptors Option"),
-    Option.RETAIN_LONG_FULL_DATES: ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),  # noqa: E501
-    Option.RETAIN_LONG_MODIFIED_DATES: ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),  # noqa: E501
+    Option.RETAIN_LONG_FULL_DATES: (
+        "113106",
+        "Retain Longitudinal Temporal Information Full Dates Option",
+    ),
+    Option.RETAIN_LONG_MODIFIED_DATES: (
+        "113107",
+        "Retain Longitudinal Temporal Information Modified Dates Option",
+    ),
     Option.RETAIN_PATIENT_CHARACTERISTICS: ("113108", "Retain Patient Characteristics Option"),
     Option.RETAIN_DEVICE_IDENTITY: ("113109", "Retain Device Identity Option"),
     Option.RETAIN_UIDS: ("113110", "Retain UIDs Option"),
@@ -97,9 +104,30 @@ OPTION_CODES: dict[str, tuple[str, str]] = {
 }
 
 NON_TEXT_SAFE_VRS = frozenset(
-    {"CS", "DS", "IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT",
-     "OB", "OW", "OF", "OD", "OL", "OV", "US or SS", "OB or OW", "US or SS or OW",
-     "US or OW"}
+    {
+        "CS",
+        "DS",
+        "IS",
+        "US",
+        "SS",
+        "UL",
+        "SL",
+        "UV",
+        "SV",
+        "FL",
+        "FD",
+        "AT",
+        "OB",
+        "OW",
+        "OF",
+        "OD",
+        "OL",
+        "OV",
+        "US or SS",
+        "OB or OW",
+        "US or SS or OW",
+        "US or OW",
+    }
 )
 DATE_VRS = frozenset({"DA", "DT", "TM"})
 #: VRs whose source values count as identifiers for the leak guard.
@@ -115,7 +143,9 @@ PIXEL_DATA = 0x7FE00010
 FILE_META_GROUP = 0x0002
 
 
-def _resolve(basic: str, overrides: Iterable[str], vr: str, tag: int, options: frozenset[str]) -> int:
+def _resolve(
+    basic: str, overrides: Iterable[str], vr: str, tag: int, options: frozenset[str]
+) -> int:
     acts = set(overrides)
     if "K" in acts:
         return RECURSE if vr == "SQ" else KEEP
@@ -194,8 +224,11 @@ def parse_tags(specs: Iterable[str | int]) -> list[int]:
 
 def _class_like(keyword: str) -> bool:
     return keyword.endswith(("ClassUID", "SyntaxUID", "CodingSchemeUID")) or keyword in {
-        "ContextUID", "MappingResourceUID", "ContextGroupExtensionCreatorUID",
-        "PrivateInformationCreatorUID", "CodingSchemeUID",
+        "ContextUID",
+        "MappingResourceUID",
+        "ContextGroupExtensionCreatorUID",
+        "PrivateInformationCreatorUID",
+        "CodingSchemeUID",
     }
 
 
@@ -233,7 +266,9 @@ def _base(options: frozenset[str]) -> tuple[dict[int, int], dict[int, str], froz
         overrides = [act for opt, act in per_option.items() if opt in options]
         act = _resolve(basic, overrides, vr, tag, options)
         actions[tag] = act
-        if (act in (REMOVE, EMPTY, DUMMY, UID, SHIFT) and vr in IDENTIFIER_VRS) or (vr == "PN" and act != KEEP):
+        if (act in (REMOVE, EMPTY, DUMMY, UID, SHIFT) and vr in IDENTIFIER_VRS) or (
+            vr == "PN" and act != KEEP
+        ):
             identifying.add(tag)
     # 3. what the trial needs in any case
     actions[PATIENT_NAME] = SUBJECT

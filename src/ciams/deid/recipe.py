@@ -54,9 +54,10 @@ class Region:
             vals = [raw.get(k) for k in ("x", "y", "width", "height")]
         else:
             vals = list(raw) if isinstance(raw, list | tuple) else []
-        if len(vals) != 4 or not all(isinstance(v, int) and v >= 0 for v in vals):
+        ints = [v for v in vals if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+        if len(vals) != 4 or len(ints) != 4:
             raise RecipeError(f"bad pixel region {raw!r}", hint="write [x, y, width, height]")
-        return cls(*vals)
+        return cls(ints[0], ints[1], ints[2], ints[3])
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,21 @@ class Recipe:
 
 
 _TOP_KEYS = {
-    "recipe", "name", "version", "profile", "keep", "remove", "subjects", "uids", "dates",
-    "pixels", "rules", "leak_patterns", "trial", "ingest", "safe_private",
+    "recipe",
+    "name",
+    "version",
+    "profile",
+    "keep",
+    "remove",
+    "subjects",
+    "uids",
+    "dates",
+    "pixels",
+    "rules",
+    "leak_patterns",
+    "trial",
+    "ingest",
+    "safe_private",
 }
 
 
@@ -162,7 +176,9 @@ def parse_recipe(data: Mapping[str, Any], *, digest: str = "") -> Recipe:
     if unknown:
         raise RecipeError(f"unknown recipe keys {sorted(unknown)}")
     if data.get("recipe", 1) != 1:
-        raise RecipeError(f"unsupported recipe format {data.get('recipe')!r}", hint="use 'recipe: 1'")
+        raise RecipeError(
+            f"unsupported recipe format {data.get('recipe')!r}", hint="use 'recipe: 1'"
+        )
     for key in ("name", "version"):
         if not isinstance(data.get(key), str | int | float) or not str(data.get(key)).strip():
             raise RecipeError(f"the recipe needs a '{key}'")
@@ -170,8 +186,10 @@ def parse_recipe(data: Mapping[str, Any], *, digest: str = "") -> Recipe:
     options = tuple(profile.get("options") or ())
     for opt in options:
         if opt not in {o.value for o in Option}:
-            raise RecipeError(f"unknown profile option {opt!r}",
-                              hint="options: " + ", ".join(o.value for o in Option))
+            raise RecipeError(
+                f"unknown profile option {opt!r}",
+                hint="options: " + ", ".join(o.value for o in Option),
+            )
     subjects = data.get("subjects") or {}
     unknown_subject = subjects.get("unknown", "refuse")
     if unknown_subject not in ("refuse", "generate"):
@@ -198,8 +216,11 @@ def parse_recipe(data: Mapping[str, Any], *, digest: str = "") -> Recipe:
     safe_private = []
     for entry in data.get("safe_private") or ():
         try:
-            creator, group, element = entry["creator"], int(str(entry["group"]), 16), int(
-                str(entry["element"]), 16)
+            creator, group, element = (
+                entry["creator"],
+                int(str(entry["group"]), 16),
+                int(str(entry["element"]), 16),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecipeError("safe_private entries need creator, group and element (hex)") from exc
         safe_private.append((str(creator), group << 8 | (element & 0xFF)))
@@ -221,13 +242,15 @@ def parse_recipe(data: Mapping[str, Any], *, digest: str = "") -> Recipe:
         ocr_modalities=tuple(pixels.get("ocr_modalities") or DEFAULT_OCR_MODALITIES),
         ocr_min_confidence=float(pixels.get("ocr_min_confidence", 0.0)),
         ocr_all_frames=bool(pixels.get("ocr_all_frames", False)),
-        regions=tuple(_rule(r, f"pixels.regions[{i}]") for i, r in
-                      enumerate(pixels.get("regions") or ())),
+        regions=tuple(
+            _rule(r, f"pixels.regions[{i}]") for i, r in enumerate(pixels.get("regions") or ())
+        ),
         rules=tuple(_rule(r, f"rules[{i}]") for i, r in enumerate(data.get("rules") or ())),
         leak_patterns=leak_patterns,
         trial={str(k): str(v) for k, v in (data.get("trial") or {}).items()},
         require_deidentified_on_ingest=bool(
-            (data.get("ingest") or {}).get("require_deidentified", True)),
+            (data.get("ingest") or {}).get("require_deidentified", True)
+        ),
         digest=digest,
     )
 

@@ -79,13 +79,15 @@ def _base_ct(rows: int = 16, cols: int = 16) -> Dataset:
     return ds
 
 
-def marker_dataset(patient_id: str = "MRN0001", *, private: bool = True,
-                   overlays: bool = True) -> tuple[Dataset, MarkerSet]:
+def marker_dataset(
+    patient_id: str = "MRN0001", *, private: bool = True, overlays: bool = True
+) -> tuple[Dataset, MarkerSet]:
     """A CT instance with a marker in every Table E.1-1 attribute."""
     ds = _base_ct()
     markers = MarkerSet()
-    base_date = dt.date(1801, 1, 1)
+    base_date = dt.date(1700, 1, 1)
     n = 0
+    n_dates = 0
 
     def text_marker(tag: int) -> str:
         nonlocal n
@@ -95,9 +97,10 @@ def marker_dataset(patient_id: str = "MRN0001", *, private: bool = True,
         return value
 
     def date_marker(tag: int) -> str:
-        nonlocal n
-        n += 1
-        value = (base_date + dt.timedelta(days=1201 * n // 2)).strftime("%Y%m%d")
+        # dates further apart than any date shift, so a shifted date is never a marker
+        nonlocal n_dates
+        n_dates += 1
+        value = (base_date + dt.timedelta(days=1201 * n_dates)).strftime("%Y%m%d")
         markers.dates[value] = tag
         return value
 
@@ -115,7 +118,7 @@ def marker_dataset(patient_id: str = "MRN0001", *, private: bool = True,
         item.ReferencedSOPInstanceUID = uid_marker(tag)
         return item
 
-    for tag, (keyword, vr, _basic, _opts) in sorted(annex_e.ATTRIBUTES.items()):
+    for tag, (_keyword, vr, _basic, _opts) in sorted(annex_e.ATTRIBUTES.items()):
         if tag >> 16 in _SKIP_GROUPS or tag in (0xFFFAFFFA, 0xFFFCFFFC):
             continue
         if vr in _STRING_VRS:
@@ -168,13 +171,14 @@ def marker_dataset(patient_id: str = "MRN0001", *, private: bool = True,
     return ds, markers
 
 
-def ct_series(n: int, *, patient_id: str = "MRN0001", study: str | None = None,
-              rows: int = 64, cols: int = 64) -> list[Dataset]:
+def ct_series(
+    n: int, *, patient_id: str = "MRN0001", study: str | None = None, rows: int = 64, cols: int = 64
+) -> list[Dataset]:
     """``n`` plain CT slices of one series with typical identifying header content."""
     study_uid = study or generate_uid()
     series_uid = generate_uid()
     frame_uid = generate_uid()
-    out = []
+    out: list[Dataset] = []
     for i in range(n):
         ds = _base_ct(rows, cols)
         ds.SOPInstanceUID = generate_uid()
@@ -214,8 +218,9 @@ def ct_series(n: int, *, patient_id: str = "MRN0001", study: str | None = None,
     return out
 
 
-def ultrasound_with_text(lines: list[str], *, rows: int = 240, cols: int = 320,
-                         burned_in: str | None = "YES") -> Dataset:
+def ultrasound_with_text(
+    lines: list[str], *, rows: int = 240, cols: int = 320, burned_in: str | None = "YES"
+) -> Dataset:
     """An ultrasound image with ``lines`` rendered as burned-in text at the top."""
     from PIL import Image, ImageDraw, ImageFont
 

@@ -36,7 +36,9 @@ class UidMapper:
     def __init__(self, secret: bytes, root: str = "2.25") -> None:
         root = root.rstrip(".")
         if not _ROOT_RE.match(root) or len(root) > 40:
-            raise RecipeError(f"invalid UID root {root!r}", hint="use digits and dots, at most 40 characters")
+            raise RecipeError(
+                f"invalid UID root {root!r}", hint="use digits and dots, at most 40 characters"
+            )
         if not secret:
             raise RecipeError("the trial secret is empty")
         self._key = secret

@@ -14,12 +14,13 @@ import struct
 from io import BytesIO
 
 from pydicom import Dataset, dcmwrite
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _PIXEL_DATA = 0x7FE00010
 _SHORT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<HH2s2xI")
@@ -27,8 +28,27 @@ _ITEM = struct.Struct("<HHI")
 _PREAMBLE = b"\0" * 128 + b"DICM"
 
 
-_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
-                       "TM", "UC", "UI", "UR", "UT"})
+_TEXT_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
+)
 
 
 def _encode_text(value: object, vr: str) -> bytes | None:
@@ -46,8 +66,14 @@ def _encode_text(value: object, vr: str) -> bytes | None:
 def _file_meta(meta: Dataset) -> bytes:
     """File Meta Information (PS3.10 7.1) with its group length."""
     body = [_SHORT.pack(2, 1, b"OB", 0)[:-2] + b"\0\0" + struct.pack("<I", 2) + b"\0\1"]
-    for elem_no, vr in ((2, "UI"), (3, "UI"), (0x10, "UI"), (0x12, "UI"), (0x13, "SH"),
-                        (0x16, "AE")):
+    for elem_no, vr in (
+        (2, "UI"),
+        (3, "UI"),
+        (0x10, "UI"),
+        (0x12, "UI"),
+        (0x13, "SH"),
+        (0x16, "AE"),
+    ):
         tag = 0x00020000 | elem_no
         if tag in meta:
             raw = _encode_text(meta[tag].value, vr)
@@ -111,12 +137,13 @@ def _encode(ds: Dataset, encodings: list[str], top: bool) -> tuple[list[bytes], 
             parts.append(_LONG.pack(t >> 16, t & 0xFFFF, b"SQ", len(seq)))
             parts.append(seq)
             continue
+        out_elem: DataElement | RawDataElement = item
         if vr_s and " or " in vr_s:
-            item = correct_ambiguous_vr_element(item, ds, True)
+            out_elem = correct_ambiguous_vr_element(item, ds, True)
         buf = DicomBytesIO()
         buf.is_little_endian = True
         buf.is_implicit_VR = False
-        write_data_element(buf, item, encodings)
+        write_data_element(buf, out_elem, encodings)
         parts.append(buf.getvalue())
     return parts, pixel
 
@@ -133,7 +160,8 @@ def serialize_parts(ds: Dataset) -> tuple[bytes, bytes]:
         buf = BytesIO()
         dcmwrite(buf, ds, enforce_file_format=True)
         return buf.getvalue(), b""
-    encodings = ds._character_set
+    charset = ds._character_set
+    encodings = [charset] if isinstance(charset, str) else list(charset)
     parts, pixel = _encode(ds, encodings, True)
     return _PREAMBLE + _file_meta(meta) + b"".join(parts), pixel
 

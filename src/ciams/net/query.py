@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pynetdicom.events import Event
 
 from ciams.archive import LEVELS, Archive, FindQuery, InstanceRef, Level
 from ciams.errors import InvalidRequestError
@@ -59,6 +60,14 @@ def model_of(sop_class_uid: str | None) -> Model:
         raise InvalidRequestError(f"unsupported Q/R SOP class {sop_class_uid}") from exc
 
 
+def decode_identifier(event: Event) -> Dataset:
+    """The request's identifier; an undecodable one is the requestor's error."""
+    try:
+        return event.identifier
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise InvalidRequestError(f"cannot decode the identifier: {exc}") from exc
+
+
 def query_level(identifier: Dataset, model: Model) -> Level:
     """The Query/Retrieve Level, checked against the information model."""
     raw = identifier.get("QueryRetrieveLevel")
@@ -70,7 +79,7 @@ def query_level(identifier: Dataset, model: Model) -> Level:
     if model == "STUDY" and level == "PATIENT":
         # Study Root has no patient level (PS3.4 C.6.2.1).
         raise InvalidRequestError("PATIENT level is not in the Study Root model")
-    return cast(Level, level)
+    return level
 
 
 def element_text(elem: DataElement) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any, cast
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -28,7 +29,7 @@ from ciams.errors import (
     CiamsError,
     UnknownDestinationError,
 )
-from ciams.net.query import model_of, retrieve_refs
+from ciams.net.query import decode_identifier, model_of, retrieve_refs
 from ciams.net.registry import AERegistry
 from ciams.net.status import query_error_status, status
 
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
 MAX_CONTEXTS = 128  # presentation contexts per association (PS3.8 9.3.2.2, odd IDs 1-255)
-
-Handler = Callable[[Event], None]
 
 
 def _fail_early(assoc: Association, reply: Dataset) -> None:
@@ -73,16 +72,41 @@ def accepted_pairs(assoc: Association) -> set[tuple[str, str]]:
     }
 
 
+# Bytes per value of the binary VRs whose values pydicom leaves as raw bytes.
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _to_little_endian(ds: Dataset) -> None:
+    """Re-encode a data set read as Explicit VR Big Endian as Explicit VR Little Endian.
+
+    pydicom re-encodes parsed values itself but leaves the raw OW/OF/OL/OD/OV values
+    to the caller (see ``pydicom.filewriter.dcmwrite``); they are byte-swapped here.
+    """
+
+    def swap(dataset: Dataset, elem: Any) -> None:
+        width = _SWAP_WIDTH.get(elem.VR)
+        if width and isinstance(elem.value, bytes) and len(elem.value) % width == 0:
+            elem.value = (
+                np.frombuffer(elem.value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+            )
+
+    ds.walk(swap)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True)
+
+
 def load_for_send(archive: Archive, ref: InstanceRef, accepted: set[tuple[str, str]]) -> Dataset:
     """The stored instance, ready for a C-STORE sub-operation on ``accepted`` contexts."""
     ds = pydicom.dcmread(BytesIO(archive.read(ref)))
     stored = UID(ref.transfer_syntax_uid)
-    if (ref.sop_class_uid, stored) in accepted or not stored.is_compressed:
-        # Uncompressed syntaxes are converted by pynetdicom as the context needs.
+    if (ref.sop_class_uid, stored) in accepted:
         return ds
-    # The peer cannot take the stored compressed syntax. It asked for this very
-    # instance, so the SOP Instance UID is kept (the pixels are not changed further).
-    ds.decompress(generate_instance_uid=False)
+    if stored.is_compressed:
+        # The peer cannot take the stored compressed syntax. It asked for this very
+        # instance, so the SOP Instance UID is kept (the pixels are not changed further).
+        ds.decompress(generate_instance_uid=False)
+    elif not stored.is_little_endian:
+        _to_little_endian(ds)  # pynetdicom converts only between little endian syntaxes
     return ds
 
 
@@ -140,7 +164,7 @@ def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
     """EVT_C_GET: send the selected instances over the requestor's association."""
     try:
         model = model_of(event.request.AffectedSOPClassUID)
-        refs = retrieve_refs(archive, event.identifier, model)
+        refs = retrieve_refs(archive, decode_identifier(event), model)
     except CiamsError as exc:
         _fail_early(event.assoc, query_error_status(exc))
         yield 0
@@ -169,7 +193,7 @@ def handle_move(
         if destination is None:
             raise UnknownDestinationError(f"move destination {title!r} is not registered")
         model = model_of(event.request.AffectedSOPClassUID)
-        refs = retrieve_refs(archive, event.identifier, model)
+        refs = retrieve_refs(archive, decode_identifier(event), model)
     except CiamsError as exc:
         reply = query_error_status(exc)
         _fail_early(event.assoc, reply)

@@ -37,7 +37,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsError, ConfigError
-from ciams.net.query import MODELS, model_of, parse_find
+from ciams.net.query import MODELS, decode_identifier, model_of, parse_find
 from ciams.net.registry import AERegistry
 from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
 from ciams.net.status import query_error_status, status, store_status
@@ -201,7 +201,8 @@ class DicomServer:
     def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """EVT_C_FIND: one pending response per match (PS3.4 C.4.1.1.3)."""
         try:
-            request = parse_find(event.identifier, model_of(event.request.AffectedSOPClassUID))
+            model = model_of(event.request.AffectedSOPClassUID)
+            request = parse_find(decode_identifier(event), model)
             matches = self.archive.find(request.query)
         except CiamsError as exc:
             yield query_error_status(exc), None

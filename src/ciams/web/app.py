@@ -14,6 +14,7 @@ from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.web import errors
 from ciams.web.dicomweb import PREFIX, create_router
+from ciams.web.security import AuditMiddleware, WebAccess
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
@@ -61,9 +62,13 @@ def create_app(archive: Archive, settings: Settings) -> FastAPI:
     )
     app.state.archive = archive
     app.state.settings = settings
+    access = WebAccess(archive, settings)
+    app.state.access = access
     errors.install(app)
+    app.add_middleware(AuditMiddleware, access=access)
     app.add_middleware(SecurityHeaders)
-    app.include_router(create_router(archive, settings), prefix=PREFIX)
+    app.include_router(create_router(archive, settings, access), prefix=PREFIX)
+    access.register_session_routes(app)
 
     @app.get("/api/health", tags=["system"])
     async def health() -> JSONResponse:

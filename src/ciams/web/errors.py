@@ -32,7 +32,8 @@ _HTTP_CODES = {
 
 def error_response(exc: CiamsError) -> JSONResponse:
     """The response for one :class:`CiamsError`."""
-    return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+    headers = {"WWW-Authenticate": 'Bearer realm="ciams"'} if exc.http_status == 401 else None
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
 
 async def _ciams_error(request: Request, exc: Exception) -> Response:

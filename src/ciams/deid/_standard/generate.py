@@ -88,7 +88,9 @@ def generate(source: Path) -> str:
         lines.append(f"    0x{tag:08X}: {attributes[tag]!r},")
     lines.append("}")
     lines.append("")
-    lines.append("#: repeating-group rows (curves 50xx, overlays 60xx): id -> (name, basic, options)")
+    lines.append(
+        "#: repeating-group rows (curves 50xx, overlays 60xx): id -> (name, basic, options)"
+    )
     lines.append("GROUPS: dict[str, tuple[str, str, dict[str, str]]] = " + pprint.pformat(groups))
     lines.append("")
     lines.append("#: the row for private attributes (odd groups): (basic, options)")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -12,9 +14,35 @@ from fastapi import Request
 
 from ciams.archive import Archive
 from ciams.config import Settings
+from ciams.web.security import WebAccess
 
 PREFIX = "/dicom-web"
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A small thread-safe least-recently-used cache (handlers run in worker threads)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 @dataclass
@@ -23,10 +51,13 @@ class Context:
 
     archive: Archive
     settings: Settings
+    access: WebAccess
     # Ingest and read work run in threads; their own limiters keep a burst of uploads
     # from starving retrieves (and the reverse) on anyio's shared default pool. Created
     # on first use because a limiter belongs to the running event loop.
     _limiters: dict[str, CapacityLimiter] = field(default_factory=dict)
+    # DICOM JSON of recently asked instances, by (storage key, instance URL).
+    metadata_cache: LRU[tuple[str, str], str] = field(default_factory=lambda: LRU(4096))
 
     def _limiter(self, name: str) -> CapacityLimiter:
         limiter = self._limiters.get(name)

@@ -15,8 +15,7 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from PIL import Image
-from pydicom.dataelem import RawDataElement
+from PIL import Image, ImageOps
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import get_frame
 from pydicom.pixels.processing import (
@@ -27,6 +26,7 @@ from pydicom.pixels.processing import (
 from pydicom.pixels.utils import get_expected_length, get_nr_frames, pack_bits, pixel_array
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -56,11 +56,24 @@ class Frames:
     transfer_syntax: str
 
 
-def _open_pixels(fh: BinaryIO) -> tuple[FileDataset, RawDataElement | None]:
-    # Large values are deferred: only their position is read, not the pixels.
-    ds = pydicom.dcmread(fh, defer_size="256 KB")
-    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
-    return ds, raw if isinstance(raw, RawDataElement) else None
+def _open_pixels(fh: BinaryIO) -> tuple[FileDataset, int | None]:
+    """The header, and the file offset of the Pixel Data value.
+
+    Only the header is parsed; ``dcmread`` leaves the file at the Pixel Data element,
+    so frames are then read by seeking, not by loading all pixels. The offset is None
+    when the value is not at a plain file position (deflated or big endian data).
+    """
+    ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    if ts == DeflatedExplicitVRLittleEndian or not ts.is_little_endian:
+        if "Rows" not in ds:
+            raise NotFoundError("the instance has no pixel data")
+        return ds, None
+    start = fh.tell()
+    if fh.read(4) != b"\xe0\x7f\x10\x00":  # (7FE0,0010) little endian
+        raise NotFoundError("the instance has no pixel data")
+    # Implicit VR: tag + 4-byte length; explicit VR (OB/OW): tag + VR + 2 reserved + length.
+    return ds, start + (8 if ts.is_implicit_VR else 12)
 
 
 def frame_count(ds: Dataset) -> int:
@@ -102,34 +115,26 @@ def read_frames(
 ) -> Frames:
     """The requested frames (1-based) of one instance, negotiated against ``accept``."""
     with archive.storage.open(ref.storage_key) as fh:
-        ds, raw = _open_pixels(fh)
-        if raw is None:
-            raise NotFoundError("the instance has no pixel data")
+        ds, offset = _open_pixels(fh)
         ts = UID(ds.file_meta.TransferSyntaxUID)
         count = frame_count(ds)
         _check_numbers(numbers, count)
         mode, media_type = _mode(ts, accept)
-        if mode == "stored":
-            buffer = raw.value if raw.value is not None else _seek(fh, raw.value_tell)
-            parts = [get_frame(buffer, n - 1, number_of_frames=count) for n in numbers]
+        if mode == "stored" and offset is not None:
+            fh.seek(offset)
+            parts = [get_frame(fh, n - 1, number_of_frames=count) for n in numbers]
             out_ts = str(ts)
-        elif mode == "raw" and int(ds.BitsAllocated) % 8 == 0:
+        elif mode == "raw" and offset is not None and int(ds.BitsAllocated) % 8 == 0:
             size = get_expected_length(ds, "bytes") // count
             parts = []
             for n in numbers:
-                fh.seek(raw.value_tell + (n - 1) * size)
+                fh.seek(offset + (n - 1) * size)
                 parts.append(fh.read(size))
             out_ts = EXPLICIT_VR_LE
         else:
-            fh.seek(0)
             parts = [_decoded(fh, ds, n) for n in numbers]
             out_ts = EXPLICIT_VR_LE
     return Frames(parts=parts, media_type=media_type, transfer_syntax=out_ts)
-
-
-def _seek(fh: BinaryIO, position: int) -> BinaryIO:
-    fh.seek(position)
-    return fh
 
 
 def _decoded(fh: BinaryIO, ds: Dataset, number: int) -> bytes:
@@ -193,14 +198,27 @@ class Window:
         return cls(center, width, function)
 
 
-def render(
-    archive: Archive,
-    ref: InstanceRef,
-    frame: int,
-    window: Window | None,
-    image_format: str,
-    quality: int = 90,
-) -> bytes:
+@dataclass(frozen=True)
+class Rendering:
+    """How to render: the rendered-resource query parameters (PS3.18 8.3.5.1)."""
+
+    image_format: str = "png"  # or "jpeg"
+    window: Window | None = None
+    quality: int = 90
+    viewport: tuple[int, int] | None = None  # fit within (width, height)
+
+    @staticmethod
+    def parse_viewport(value: str) -> tuple[int, int]:
+        """``viewport=vw,vh`` (PS3.18 8.3.5.1.2); the source-region form is not supported."""
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 8192 for p in parts):
+            raise InvalidRequestError(
+                f"viewport must be width,height in pixels (1..8192), got {value!r}"
+            )
+        return int(parts[0]), int(parts[1])
+
+
+def render(archive: Archive, ref: InstanceRef, frame: int, how: Rendering) -> bytes:
     """One frame as an 8-bit PNG or JPEG (PS3.18 8.3.5.1: rendered media types)."""
     with archive.storage.open(ref.storage_key) as fh:
         ds = pydicom.dcmread(fh, stop_before_pixels=True)
@@ -213,12 +231,14 @@ def render(
         arr = apply_color_lut(arr, ds)
         image = Image.fromarray(_color(arr, ds, 16 if arr.dtype != np.uint8 else 8))
     elif int(ds.get("SamplesPerPixel", 1)) == 1:
-        image = Image.fromarray(_grayscale(arr, ds, window))
+        image = Image.fromarray(_grayscale(arr, ds, how.window))
     else:
         image = Image.fromarray(_color(arr, ds))
+    if how.viewport is not None:
+        image = ImageOps.contain(image, how.viewport)
     buf = BytesIO()
-    if image_format == "jpeg":
-        image.save(buf, "JPEG", quality=quality)
+    if how.image_format == "jpeg":
+        image.save(buf, "JPEG", quality=how.quality)
     else:
         image.save(buf, "PNG")
     return buf.getvalue()

@@ -10,6 +10,7 @@ are returned when asked for with ``includefield``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -19,9 +20,9 @@ from pydicom.dataset import Dataset
 from starlette.responses import Response
 
 from ciams.archive import COLUMNS, COMPUTED, LEVELS, FindQuery, Level
-from ciams.errors import InvalidRequestError
+from ciams.errors import InvalidRequestError, NotAcceptableError
 from ciams.web.dicomweb.context import Context, instance_url, series_url, study_url
-from ciams.web.dicomweb.media import DICOM_JSON
+from ciams.web.dicomweb.media import DICOM_JSON, parse_accept
 
 # Largest answer to one search; more are announced with a Warning (PS3.18 8.3.4.4.1).
 MAX_RESULTS = 10_000
@@ -76,24 +77,37 @@ _MATCHABLE = set(COLUMNS) | {"ModalitiesInStudy", "SOPClassesInStudy"}
 
 def register(router: APIRouter, ctx: Context) -> None:
     """Add the QIDO-RS routes (PS3.18 Table 10.6.1-2)."""
+    query = ctx.access.require("query")
 
-    @router.get("/studies", tags=["QIDO-RS"], summary="Search for studies")
+    @router.get("/studies", tags=["QIDO-RS"], summary="Search for studies", dependencies=[query])
     async def studies(request: Request) -> Response:
         return await _search(ctx, request, "STUDY", {}, [])
 
-    @router.get("/series", tags=["QIDO-RS"], summary="Search for series")
+    @router.get("/series", tags=["QIDO-RS"], summary="Search for series", dependencies=[query])
     async def all_series(request: Request) -> Response:
         return await _search(ctx, request, "SERIES", {}, STUDY_KEYS)
 
-    @router.get("/studies/{study}/series", tags=["QIDO-RS"], summary="Search for series")
+    @router.get(
+        "/studies/{study}/series",
+        tags=["QIDO-RS"],
+        summary="Search for series",
+        dependencies=[query],
+    )
     async def study_series(request: Request, study: str) -> Response:
         return await _search(ctx, request, "SERIES", {"StudyInstanceUID": study}, [])
 
-    @router.get("/instances", tags=["QIDO-RS"], summary="Search for instances")
+    @router.get(
+        "/instances", tags=["QIDO-RS"], summary="Search for instances", dependencies=[query]
+    )
     async def all_instances(request: Request) -> Response:
         return await _search(ctx, request, "IMAGE", {}, STUDY_KEYS + SERIES_KEYS)
 
-    @router.get("/studies/{study}/instances", tags=["QIDO-RS"], summary="Search for instances")
+    @router.get(
+        "/studies/{study}/instances",
+        tags=["QIDO-RS"],
+        summary="Search for instances",
+        dependencies=[query],
+    )
     async def study_instances(request: Request, study: str) -> Response:
         return await _search(ctx, request, "IMAGE", {"StudyInstanceUID": study}, SERIES_KEYS)
 
@@ -101,6 +115,7 @@ def register(router: APIRouter, ctx: Context) -> None:
         "/studies/{study}/series/{series}/instances",
         tags=["QIDO-RS"],
         summary="Search for instances",
+        dependencies=[query],
     )
     async def series_instances(request: Request, study: str, series: str) -> Response:
         scope = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
@@ -185,10 +200,16 @@ def build_query(
 async def _search(
     ctx: Context, request: Request, level: Level, scope: dict[str, str], extra: list[str]
 ) -> Response:
+    accept = parse_accept(request.headers.get("accept"))
+    if not any(a.matches(DICOM_JSON) or a.matches("application/json") for a in accept):
+        raise NotAcceptableError(f"search results are available as {DICOM_JSON}")
     query, warnings = build_query(level, request.query_params.multi_items(), scope, extra)
     assert query.limit is not None
     wanted = query.limit - 1
-    matches = await ctx.read(ctx.archive.find, query)
+    matches = await ctx.read(functools.partial(ctx.archive.find, query, scope=request.state.scope))
+    request.state.audit_objects = sorted(
+        {str(ds.StudyInstanceUID) for ds in matches if ds.get("StudyInstanceUID")}
+    )[:100]
     if len(matches) > wanted:
         matches = matches[:wanted]
         warnings.append("There are additional results that can be requested")

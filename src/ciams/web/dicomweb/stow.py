@@ -31,6 +31,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from ciams.access import upload_source
 from ciams.archive import IngestResult
 from ciams.errors import (
     DIMSE_DATASET_MISMATCH,
@@ -46,6 +47,7 @@ from ciams.web.dicomweb.media import DICOM, DICOM_JSON, MULTIPART
 log = logging.getLogger(__name__)
 
 ACCEPTED = f'{MULTIPART}; type="{DICOM}"'
+MAX_PARTS_IN_FLIGHT = 16
 
 
 @dataclass
@@ -111,12 +113,18 @@ class _Failure:
 
 def register(router: APIRouter, ctx: Context) -> None:
     """Add the STOW-RS routes."""
+    upload = ctx.access.require("upload")
 
-    @router.post("/studies", tags=["STOW-RS"], summary="Store instances")
+    @router.post("/studies", tags=["STOW-RS"], summary="Store instances", dependencies=[upload])
     async def store(request: Request) -> Response:
         return await _store(ctx, request, None)
 
-    @router.post("/studies/{study}", tags=["STOW-RS"], summary="Store instances of one study")
+    @router.post(
+        "/studies/{study}",
+        tags=["STOW-RS"],
+        summary="Store instances of one study",
+        dependencies=[upload],
+    )
     async def store_study(request: Request, study: str) -> Response:
         return await _store(ctx, request, study)
 
@@ -151,6 +159,8 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
     source = {
         "interface": "stow",
         "remote_address": request.client.host if request.client else "",
+        # The uploader's trial and site: the study belongs to them from now on.
+        **upload_source(request.state.principal),
     }
     parts = _Parts()
     try:
@@ -163,8 +173,20 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
     received = 0
     too_large = False
 
+    # Parts waiting for ingest are held in memory: bounding them makes a slow disk slow
+    # down the upload (TCP back-pressure) instead of growing the server's memory.
+    in_flight = anyio.Semaphore(MAX_PARTS_IN_FLIGHT)
+
     async def ingest(index: int, data: bytes, content_type: str) -> None:
-        results[index] = await ctx.ingest(_ingest_part, ctx, data, content_type, study, source)
+        try:
+            results[index] = await ctx.ingest(_ingest_part, ctx, data, content_type, study, source)
+        except Exception:
+            # A bug must not lose the other parts' answers, nor this part's bytes.
+            log.exception("STOW-RS part %d failed unexpectedly", index)
+            await ctx.ingest(_keep, ctx, data, source)
+            results[index] = _Failure("", "", "internal error", DIMSE_PROCESSING_FAILURE)
+        finally:
+            in_flight.release()
 
     async with anyio.create_task_group() as tg:
         stream = request.stream()
@@ -186,6 +208,7 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
                 if parts.started:
                     preamble.clear()
                 for data, content_type in parts.take():
+                    await in_flight.acquire()
                     results.append(None)  # set by the ingest task
                     tg.start_soon(ingest, len(results) - 1, data, content_type)
                 if too_large:
@@ -216,7 +239,11 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
         raise InvalidRequestError(reason, hint=f"send {ACCEPTED} with a valid boundary")
     if not results:
         raise InvalidRequestError("the request contains no instances")
-    return _response(ctx.root(request), study, [r for r in results if r is not None])
+    done = [r for r in results if r is not None]
+    request.state.audit_objects = sorted(
+        {r.study_instance_uid for r in done if isinstance(r, IngestResult) and r.ok}
+    )
+    return _response(ctx.root(request), study, done)
 
 
 async def _drain(stream: object, budget: int) -> bytes:
@@ -262,6 +289,13 @@ def _ingest_part(
                 DIMSE_DATASET_MISMATCH,
             )
     return ctx.archive.ingest(data, source)
+
+
+def _keep(ctx: Context, data: bytes, source: dict[str, str]) -> None:
+    try:
+        ctx.archive.quarantine.put(data, reason="internal error", code="internal", source=source)
+    except OSError:
+        log.exception("could not quarantine a STOW-RS part")
 
 
 def with_preamble(data: bytes) -> bytes:

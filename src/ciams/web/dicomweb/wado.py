@@ -9,6 +9,7 @@ Annex F) refers to bulk data elements, Pixel Data included, by BulkDataURI.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import BinaryIO
@@ -34,73 +35,119 @@ from ciams.web.dicomweb.media import (
     new_boundary,
     parse_accept,
     part_header,
+    part_ranges,
 )
 
 CHUNK = 4 * 1024 * 1024
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 BULK_THRESHOLD = 1024
 INSTANCE = "/studies/{study}/series/{series}/instances/{sop}"
+THUMBNAIL = (128, 128)  # default thumbnail viewport (PS3.18 8.3.5.1.2 leaves it to us)
 
 
 def register(router: APIRouter, ctx: Context) -> None:
     """Add the WADO-RS routes (PS3.18 Table 10.4.1-1)."""
+    download = ctx.access.require("download")
+    view = ctx.access.require("view")
 
-    @router.get("/studies/{study}", tags=["WADO-RS"], summary="Retrieve a study")
+    @router.get(
+        "/studies/{study}", tags=["WADO-RS"], summary="Retrieve a study", dependencies=[download]
+    )
     async def study(request: Request, study: str) -> Response:
         return await _instances(ctx, request, study, None, None)
 
-    @router.get("/studies/{study}/series/{series}", tags=["WADO-RS"], summary="Retrieve a series")
+    @router.get(
+        "/studies/{study}/series/{series}",
+        tags=["WADO-RS"],
+        summary="Retrieve a series",
+        dependencies=[download],
+    )
     async def series(request: Request, study: str, series: str) -> Response:
         return await _instances(ctx, request, study, series, None)
 
-    @router.get(INSTANCE, tags=["WADO-RS"], summary="Retrieve an instance")
+    @router.get(INSTANCE, tags=["WADO-RS"], summary="Retrieve an instance", dependencies=[download])
     async def instance(request: Request, study: str, series: str, sop: str) -> Response:
         return await _instances(ctx, request, study, series, sop)
 
-    @router.get("/studies/{study}/metadata", tags=["WADO-RS"], summary="Study metadata")
+    @router.get(
+        "/studies/{study}/metadata", tags=["WADO-RS"], summary="Study metadata", dependencies=[view]
+    )
     async def study_metadata(request: Request, study: str) -> Response:
         return await _metadata(ctx, request, study, None, None)
 
-    @router.get("/studies/{study}/series/{series}/metadata", tags=["WADO-RS"])
+    @router.get("/studies/{study}/series/{series}/metadata", tags=["WADO-RS"], dependencies=[view])
     async def series_metadata(request: Request, study: str, series: str) -> Response:
         return await _metadata(ctx, request, study, series, None)
 
-    @router.get(INSTANCE + "/metadata", tags=["WADO-RS"], summary="Instance metadata")
+    @router.get(
+        INSTANCE + "/metadata", tags=["WADO-RS"], summary="Instance metadata", dependencies=[view]
+    )
     async def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
         return await _metadata(ctx, request, study, series, sop)
 
-    @router.get(INSTANCE + "/frames/{frames}", tags=["WADO-RS"], summary="Retrieve frames")
+    @router.get(
+        INSTANCE + "/frames/{frames}",
+        tags=["WADO-RS"],
+        summary="Retrieve frames",
+        dependencies=[view],
+    )
     async def frames(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
-        ref = await _one(ctx, study, series, sop)
+        ref = await _one(ctx, request, study, series, sop)
         return await _frames(ctx, request, ref, _frame_numbers(frames))
 
-    @router.get(INSTANCE + "/bulkdata/{tag}", tags=["WADO-RS"], summary="Retrieve bulk data")
+    @router.get(
+        INSTANCE + "/bulkdata/{tag}",
+        tags=["WADO-RS"],
+        summary="Retrieve bulk data",
+        dependencies=[view],
+    )
     async def bulkdata(request: Request, study: str, series: str, sop: str, tag: str) -> Response:
-        ref = await _one(ctx, study, series, sop)
+        ref = await _one(ctx, request, study, series, sop)
         return await _bulkdata(ctx, request, ref, tag)
 
-    @router.get(INSTANCE + "/rendered", tags=["WADO-RS"], summary="Rendered instance")
+    @router.get(
+        INSTANCE + "/rendered", tags=["WADO-RS"], summary="Rendered instance", dependencies=[view]
+    )
     async def rendered(request: Request, study: str, series: str, sop: str) -> Response:
-        ref = await _one(ctx, study, series, sop)
+        ref = await _one(ctx, request, study, series, sop)
         return await _rendered(ctx, request, ref, 1)
 
-    @router.get(INSTANCE + "/frames/{frame}/rendered", tags=["WADO-RS"], summary="Rendered frame")
+    @router.get(
+        INSTANCE + "/thumbnail", tags=["WADO-RS"], summary="Instance thumbnail", dependencies=[view]
+    )
+    async def thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
+        ref = await _one(ctx, request, study, series, sop)
+        return await _rendered(ctx, request, ref, 1, THUMBNAIL)
+
+    @router.get(
+        INSTANCE + "/frames/{frame}/rendered",
+        tags=["WADO-RS"],
+        summary="Rendered frame",
+        dependencies=[view],
+    )
     async def rendered_frame(
         request: Request, study: str, series: str, sop: str, frame: str
     ) -> Response:
-        ref = await _one(ctx, study, series, sop)
+        ref = await _one(ctx, request, study, series, sop)
         numbers = _frame_numbers(frame)
         if len(numbers) != 1:
             raise InvalidRequestError("a rendered frame resource names exactly one frame")
         return await _rendered(ctx, request, ref, numbers[0])
 
 
-async def _refs(ctx: Context, study: str, series: str | None, sop: str | None) -> list[InstanceRef]:
-    return await ctx.read(ctx.archive.instances_or_404, study, series, sop)
+async def _refs(
+    ctx: Context, request: Request, study: str, series: str | None, sop: str | None
+) -> list[InstanceRef]:
+    # The caller's scope: another site's object answers 404, like a missing one.
+    return await ctx.read(
+        functools.partial(
+            ctx.archive.instances_or_404, study, series, sop, scope=request.state.scope
+        )
+    )
 
 
-async def _one(ctx: Context, study: str, series: str, sop: str) -> InstanceRef:
-    return (await _refs(ctx, study, series, sop))[0]
+async def _one(ctx: Context, request: Request, study: str, series: str, sop: str) -> InstanceRef:
+    return (await _refs(ctx, request, study, series, sop))[0]
 
 
 # -- instances ---------------------------------------------------------------------------
@@ -110,7 +157,7 @@ async def _instances(
     ctx: Context, request: Request, study: str, series: str | None, sop: str | None
 ) -> Response:
     accept = parse_accept(request.headers.get("accept"))
-    refs = await _refs(ctx, study, series, sop)
+    refs = await _refs(ctx, request, study, series, sop)
     target = choose_transfer_syntax(accept, {r.transfer_syntax_uid for r in refs})
     if target is not None:
         await ctx.read(_check_decodable, refs)
@@ -167,7 +214,7 @@ async def _metadata(
     accept = parse_accept(request.headers.get("accept"))
     if not any(a.matches(DICOM_JSON) or a.media_type == "application/json" for a in accept):
         raise NotAcceptableError(f"metadata is available as {DICOM_JSON}")
-    refs = await _refs(ctx, study, series, sop)
+    refs = await _refs(ctx, request, study, series, sop)
     root = ctx.root(request)
     body = await ctx.read(_metadata_all, ctx, refs, root)
     return Response(body, media_type=DICOM_JSON)
@@ -176,16 +223,18 @@ async def _metadata(
 def _metadata_all(ctx: Context, refs: list[InstanceRef], root: str) -> bytes:
     out = []
     for ref in refs:
-        with ctx.archive.storage.open(ref.storage_key) as fh:
-            out.append(
-                metadata_json(
-                    fh,
-                    instance_url(
-                        root, ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
-                    ),
-                )
-            )
-    return json.dumps(out).encode()
+        url = instance_url(
+            root, ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
+        )
+        # Stored content never changes under its key (content-addressed), so the JSON
+        # of an instance can be kept as long as the URL it was made for is the same.
+        text = ctx.metadata_cache.get((ref.storage_key, url))
+        if text is None:
+            with ctx.archive.storage.open(ref.storage_key) as fh:
+                text = json.dumps(metadata_json(fh, url))
+            ctx.metadata_cache.put((ref.storage_key, url), text)
+        out.append(text)
+    return ("[" + ",".join(out) + "]").encode()
 
 
 def metadata_json(fh: BinaryIO, url: str) -> dict[str, object]:
@@ -227,7 +276,7 @@ async def _bulkdata(ctx: Context, request: Request, ref: InstanceRef, tag_text: 
         count = await ctx.read(_frame_count, ctx, ref)
         return await _frames(ctx, request, ref, list(range(1, count + 1)))
     accept = parse_accept(request.headers.get("accept"))
-    if not any(a.matches(OCTET) or a.part_type in ("", OCTET) for a in accept):
+    if not any(a.matches(OCTET) for a in part_ranges(accept, OCTET)):
         raise NotAcceptableError(f"bulk data is available as multipart/related; type={OCTET}")
     value = await ctx.read(_element_bytes, ctx, ref, tag)
     boundary = new_boundary()
@@ -279,18 +328,32 @@ async def _frames(ctx: Context, request: Request, ref: InstanceRef, numbers: lis
     return multipart_response(body(), boundary, frames.media_type)
 
 
-async def _rendered(ctx: Context, request: Request, ref: InstanceRef, frame: int) -> Response:
-    image_format = _rendered_format(request.headers.get("accept"))
+async def _rendered(
+    ctx: Context,
+    request: Request,
+    ref: InstanceRef,
+    frame: int,
+    viewport: tuple[int, int] | None = None,
+) -> Response:
     params = request.query_params
-    window = pixels.Window.parse(params["window"]) if params.get("window") else None
     quality = 90
     if params.get("quality"):
         text = params["quality"]
         if not text.isdigit() or not 1 <= int(text) <= 100:
             raise InvalidRequestError(f"quality must be 1..100, got {text!r}")
         quality = int(text)
-    data = await ctx.read(pixels.render, ctx.archive, ref, frame, window, image_format, quality)
-    return Response(data, media_type=f"image/{image_format}")
+    how = pixels.Rendering(
+        image_format=_rendered_format(request.headers.get("accept")),
+        window=pixels.Window.parse(params["window"]) if params.get("window") else None,
+        quality=quality,
+        viewport=(
+            pixels.Rendering.parse_viewport(params["viewport"])
+            if params.get("viewport")
+            else viewport
+        ),
+    )
+    data = await ctx.read(pixels.render, ctx.archive, ref, frame, how)
+    return Response(data, media_type=f"image/{how.image_format}")
 
 
 def _rendered_format(header: str | None) -> str:
