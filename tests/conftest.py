@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,9 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-@pytest.fixture
-def database_url(pg_base_url: str | None) -> Iterator[str]:
+@contextmanager
+def fresh_database(pg_base_url: str | None) -> Iterator[str]:
+    """A new migrated database on the session's PostgreSQL ('' = use SQLite)."""
     if pg_base_url is None:
         yield ""
         return
@@ -56,6 +58,12 @@ def database_url(pg_base_url: str | None) -> Iterator[str]:
     yield f"{pg_base_url}/{name}"
     with psycopg.connect(_plain(pg_base_url) + "/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(pg_base_url: str | None) -> Iterator[str]:
+    with fresh_database(pg_base_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ runner = CliRunner()
 
 def test_user_lifecycle_and_audit(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path / "d")]
-    added = runner.invoke(app, ["user", "add", "s1", "--role", "site", "--trial", "T",
-                                "--site", "S1", *data])
+    added = runner.invoke(
+        app, ["user", "add", "s1", "--role", "site", "--trial", "T", "--site", "S1", *data]
+    )
     assert added.exit_code == 0, added.output
     password = added.output.strip().splitlines()[-1]
     token = runner.invoke(app, ["user", "token", "s1", "--expires", "7", *data]).output.strip()
