@@ -42,8 +42,14 @@ class Server:
         self.dicom_port = 0
 
     @property
+    def https(self) -> bool:
+        tls = self.settings.tls
+        return tls.enabled and tls.http
+
+    @property
     def http_url(self) -> str:
-        return f"http://{self.settings.http.host}:{self.http_port}"
+        scheme = "https" if self.https else "http"
+        return f"{scheme}://{self.settings.http.host}:{self.http_port}"
 
     def _bind_http(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.settings.http.host else socket.AF_INET
@@ -64,6 +70,9 @@ class Server:
         return sock
 
     def _uvicorn_config(self, **extra: Any) -> uvicorn.Config:
+        if self.https:
+            extra["ssl_certfile"] = str(self.settings.tls.cert_file)
+            extra["ssl_keyfile"] = str(self.settings.tls.key_file)
         return uvicorn.Config(
             self.app,
             log_config=None,
