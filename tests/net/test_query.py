@@ -30,8 +30,8 @@ class Corpus:
 
 @pytest.fixture
 def corpus(node: DicomNode) -> Corpus:
-    studies = {name: generate_uid() for name in ("S1", "S2", "S3")}
-    series = {name: generate_uid() for name in ("S1CT1", "S1CT2", "S2MR", "S3CT")}
+    studies = {name: str(generate_uid()) for name in ("S1", "S2", "S3")}
+    series = {name: str(generate_uid()) for name in ("S1CT1", "S1CT2", "S2MR", "S3CT")}
     layout = [
         # series, study, count, modality, patient id, name, date, accession
         ("S1CT1", "S1", 3, "CT", "PAT001", "Doe^Jane", "20240115", "ACC1"),
@@ -72,7 +72,7 @@ def findscu(
     for key in keys:
         args += ["-k", key]
     result = dcmtk(*args, "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port), cwd=out)
-    responses = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    responses: list[Dataset] = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
     return responses, result.stdout + result.stderr
 
 

@@ -6,12 +6,14 @@ import socket
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGLSLossless,
@@ -19,10 +21,11 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from ciams.net import AERegistry
+from ciams.net.query import STUDY_ROOT_GET
 from tests.corpus import make_instance, vendor_file, write
 from tests.net.conftest import DicomNode, dcmtk
 
@@ -86,7 +89,7 @@ def free_port() -> int:
 
 
 def received(folder: Path) -> dict[str, Dataset]:
-    out = {}
+    out: dict[str, Dataset] = {}
     for path in folder.iterdir():
         ds = pydicom.dcmread(path)
         out[str(ds.SOPInstanceUID)] = ds
@@ -265,19 +268,19 @@ def test_get_sends_stored_compressed_syntax_when_accepted(node: DicomNode, study
     """A requestor that offers RLE and native syntaxes in separate contexts (which
     getscu cannot do) receives the RLE instance as stored and the others natively."""
     ae = AE(ae_title="GETSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(STUDY_ROOT_GET)
     for ts in (RLELossless, JPEGLSLossless, ExplicitVRLittleEndian):
         ae.add_requested_context(CTImageStorage, ts)
     got: dict[str, tuple[str, bytes]] = {}
 
     def on_store(event: Event) -> int:
-        got[event.request.AffectedSOPInstanceUID] = (
+        got[str(cast(C_STORE, event.request).AffectedSOPInstanceUID)] = (
             event.context.transfer_syntax,
             event.encoded_dataset(),
         )
         return 0x0000
 
-    roles = [build_role(CTImageStorage, scp_role=True)]
+    roles: list[Any] = [build_role(CTImageStorage, scp_role=True)]
     assoc = ae.associate(
         "127.0.0.1",
         node.dicom_port,
@@ -290,17 +293,14 @@ def test_get_sends_stored_compressed_syntax_when_accepted(node: DicomNode, study
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study.study_uid
     try:
-        statuses = [
-            int(status.Status)
-            for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
-        ]
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, STUDY_ROOT_GET)]
     finally:
         assoc.release()
 
     assert statuses[-1] == 0x0000
     assert set(got) == study.sops
-    for sop, (ts, data) in got.items():
-        assert ts == study.syntax[sop]
+    for sop, (syntax, data) in got.items():
+        assert syntax == study.syntax[sop]
         ds = pydicom.dcmread(BytesIO(data))
         assert ds == stored(node, sop)
 

@@ -15,6 +15,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -30,7 +31,6 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.sop_class import CTImageStorage
 
 from tests.corpus import make_instance, make_series, vendor_file, write
 from tests.net.conftest import DicomNode, dcmtk
@@ -100,7 +100,7 @@ def test_store_generated_ct_series(node: DicomNode, tmp_path: Path) -> None:
 def _dcmtk_encoded(tmp_path: Path) -> dict[str, Path]:
     """Files dcmtk itself compresses, for syntaxes pydicom's bundle lacks."""
     ct = write(make_instance(rows=64, columns=64), tmp_path / "src" / "ct.dcm")
-    out = {
+    out: dict[str, Path] = {
         JPEGLossless: tmp_path / "p14.dcm",
         JPEGLSNearLossless: tmp_path / "jls-near.dcm",
     }
@@ -140,7 +140,7 @@ def _storescu_config(files: list[Path], target: Path) -> Path:
 
 
 def test_store_keeps_every_transfer_syntax(node: DicomNode, tmp_path: Path) -> None:
-    files = {
+    files: dict[str, Path] = {
         ts: _fresh_uids(vendor_file(name), tmp_path / name) for ts, name in VENDOR_BY_SYNTAX.items()
     }
     files.update(_dcmtk_encoded(tmp_path))
@@ -288,7 +288,9 @@ def test_accepted_sockets_have_nodelay(node: DicomNode) -> None:
         server = node.dicom._server
         assert server is not None
         (accepted,) = server.active_associations
+        assert accepted.dul.socket is not None
         sock = accepted.dul.socket.socket
+        assert sock is not None
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         assoc.release()

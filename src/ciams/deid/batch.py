@@ -77,7 +77,7 @@ def iter_inputs(source: Path) -> Iterator[Item]:
     paths = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     for p in paths:
         rel = p.name if p == source else str(p.relative_to(source))
-        if zipfile.is_zipfile(p) and p.suffix.lower() == ".zip":
+        if p.suffix.lower() == ".zip" and zipfile.is_zipfile(p):
             with zipfile.ZipFile(p) as zf:
                 for info in zf.infolist():
                     if not info.is_dir():

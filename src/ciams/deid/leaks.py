@@ -158,6 +158,8 @@ class LeakScanner:
         pats = dict(DEFAULT_PATTERNS)
         pats.update(patterns or {})
         self._patterns = {k: _compiled(v) for k, v in pats.items()}
+        # one pass over the header for all patterns (the per-pattern ones say which)
+        self._any_pattern = _compiled("|".join(f"(?:{v})" for v in pats.values()))
         self._tokens = sorted(identifiers, key=len, reverse=True)
 
     def _found(self, low: bytes) -> Iterator[bytes]:
@@ -188,7 +190,7 @@ class LeakScanner:
         low = header.lower()
         if any(True for _ in self._found(low)):
             return True
-        return any(p.search(low) for p in self._patterns.values())
+        return self._any_pattern.search(low) is not None
 
     def locate(self, ds: Dataset) -> list[Leak]:
         """Walk an output dataset (and its file meta) and report each leaking attribute."""
