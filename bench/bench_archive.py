@@ -106,6 +106,39 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, logfile
         time.sleep(0.1)
 
 
+def provision_user(data_dir: Path) -> str:
+    """An admin account for the benchmark client: an API token for DICOMweb, and the
+    client's AE title bound to it for DIMSE. Returns the token ("" when this tree has
+    no accounts yet)."""
+    ciams = str(VENV_BIN / "ciams")
+    d = ["--data-dir", str(data_dir)]
+    try:
+        subprocess.run(
+            [ciams, "user", "add", "bench", "--role", "admin", *d],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        out = subprocess.run(
+            [ciams, "user", "token", "bench", "--expires", "0", *d],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        subprocess.run(
+            [ciams, "user", "bind-ae", CLIENT_AE, "bench", *d],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        log(f"no benchmark account in CIAMS ({exc}); DICOMweb calls go unauthenticated")
+        return ""
+    tokens = [w for w in out.split() if w.startswith("ciams_")]
+    return tokens[-1] if tokens else out.strip().splitlines()[-1]
+
+
 class Ciams:
     """``ciams serve`` in its own process on a fresh data folder."""
 
@@ -120,6 +153,11 @@ class Ciams:
         self.http_port = 0
         self.dicom_port = 0
         self.ae_title = CIAMS_AE
+        self.token = ""
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def has_dicomweb(self) -> bool:
@@ -140,6 +178,8 @@ class Ciams:
         )
         self.http_port, self.dicom_port = free_port(), free_port()
         self.logfile = self.data_dir.parent / f"{self.data_dir.name}.log"
+        if self.mode == "cli":
+            self.token = provision_user(self.data_dir)
         if self.mode == "cli":
             cmd = [
                 str(VENV_BIN / "ciams"),
@@ -298,12 +338,14 @@ def stow_bodies(datas: list[bytes], batch: int) -> list[tuple[bytes, str]]:
     return out
 
 
-def stow(base: str, bodies: list[tuple[bytes, str]], concurrency: int) -> float:
+def stow(
+    base: str, bodies: list[tuple[bytes, str]], concurrency: int, auth: dict[str, str]
+) -> float:
     local = threading.local()
 
     def client() -> httpx.Client:
         if not hasattr(local, "c"):
-            local.c = httpx.Client(timeout=600)
+            local.c = httpx.Client(timeout=600, headers=auth)
         return local.c
 
     def post(item: tuple[bytes, str]) -> None:
@@ -322,8 +364,8 @@ def stow(base: str, bodies: list[tuple[bytes, str]], concurrency: int) -> float:
     return time.perf_counter() - t0
 
 
-def wado_study(base: str, study_uid: str) -> tuple[int, float]:
-    with httpx.Client(timeout=600) as c:
+def wado_study(base: str, study_uid: str, auth: dict[str, str]) -> tuple[int, float]:
+    with httpx.Client(timeout=600, headers=auth) as c:
         t0 = time.perf_counter()
         n = 0
         with c.stream(
@@ -623,36 +665,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ingest_figure("cstore_4", "C-STORE, 4 associations", ct.quarters())
 
     wado_targets: list[Any] = []
-    if ("stow" in only or "wado" in only) and mode == "cli":
-        datas = corpus_mod.load_bytes(ct)
-        bodies = stow_bodies(datas, STOW_BATCH)
-        del datas
-        inst = Figure(
-            "stow_instances_per_s",
-            f"STOW-RS ({STOW_BATCH}/request, {STOW_CONCURRENCY} concurrent) (instances/s)",
-            "instances/s",
-            "higher",
-        )
-        mbs = Figure("stow_mb_per_s", "STOW-RS (MB/s)", "MB/s", "higher")
-        for who in ("CIAMS", "Orthanc"):
-            srv = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
-            srv.start()
-            wado_targets.append((who, srv))
-            dt = stow(srv.dicomweb_url, bodies, STOW_CONCURRENCY)
-            got = srv.count_instances()
-            if got != n:
-                raise RuntimeError(f"{who} indexed {got} of {n} instances after STOW-RS")
-            log(f"STOW-RS: {who} {n / dt:.1f} instances/s ({dt:.2f}s)")
-            setattr(inst, who.lower(), n / dt)
-            setattr(mbs, who.lower(), mb / dt)
-        del bodies
-        figures.extend([inst, mbs])
-        if not wado_targets[1][1].has_dicomweb:
-            notes.append("Orthanc has no DICOMweb plugin here: install Debian's orthanc-dicomweb")
-    elif mode != "cli":
-        notes.append("DICOMweb figures skipped: `ciams serve` did not start in this tree")
-
     try:
+        if ("stow" in only or "wado" in only) and mode == "cli":
+            datas = corpus_mod.load_bytes(ct)
+            bodies = stow_bodies(datas, STOW_BATCH)
+            del datas
+            inst = Figure(
+                "stow_instances_per_s",
+                f"STOW-RS ({STOW_BATCH}/request, {STOW_CONCURRENCY} concurrent) (instances/s)",
+                "instances/s",
+                "higher",
+            )
+            mbs = Figure("stow_mb_per_s", "STOW-RS (MB/s)", "MB/s", "higher")
+            for who in ("CIAMS", "Orthanc"):
+                srv = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
+                srv.start()
+                wado_targets.append((who, srv))
+                dt = stow(srv.dicomweb_url, bodies, STOW_CONCURRENCY, srv.auth_headers)
+                got = srv.count_instances()
+                if got != n:
+                    raise RuntimeError(f"{who} indexed {got} of {n} instances after STOW-RS")
+                log(f"STOW-RS: {who} {n / dt:.1f} instances/s ({dt:.2f}s)")
+                setattr(inst, who.lower(), n / dt)
+                setattr(mbs, who.lower(), mb / dt)
+            del bodies
+            figures.extend([inst, mbs])
+            if not wado_targets[1][1].has_dicomweb:
+                notes.append(
+                    "Orthanc has no DICOMweb plugin here: install Debian's orthanc-dicomweb"
+                )
+        elif mode != "cli":
+            notes.append("DICOMweb figures skipped: `ciams serve` did not start in this tree")
+
         if "wado" in only and wado_targets:
             study = ct.largest_study()
             size = ct.study_bytes[study] / 1e6
@@ -665,7 +709,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rates: dict[str, list[float]] = {"CIAMS": [], "Orthanc": []}
             for _ in range(WADO_REPEAT):
                 for who, srv in wado_targets:
-                    nbytes, dt = wado_study(srv.dicomweb_url, study)
+                    nbytes, dt = wado_study(srv.dicomweb_url, study, srv.auth_headers)
                     if nbytes < ct.study_bytes[study]:
                         raise RuntimeError(f"{who} WADO-RS returned {nbytes} bytes < study size")
                     rates[who].append(nbytes / 1e6 / dt)
@@ -826,7 +870,7 @@ def query_figures(
                 for f in finders.values():
                     f.close()
             if mode == "cli":
-                clients = {w: httpx.Client(timeout=60) for w, _ in servers}
+                clients = {w: httpx.Client(timeout=60, headers=s.auth_headers) for w, s in servers}
                 try:
                     measure(
                         "qido",

@@ -46,8 +46,8 @@ replace_identifiers(dicom_files=files, save=True, output_folder=sys.argv[2], ove
 
 
 def make_corpus(folder: Path, n: int) -> None:
-    from ciams.deid.writer import serialize
     from ciams.deid.synthetic import ct_series
+    from ciams.deid.writer import serialize
 
     if folder.exists() and len(list(folder.glob("*.dcm"))) == n:
         return
@@ -64,8 +64,8 @@ def make_corpus(folder: Path, n: int) -> None:
 
 def make_marker_corpus(folder: Path) -> dict[str, int]:
     from ciams.deid._standard import annex_e
-    from ciams.deid.writer import serialize
     from ciams.deid.synthetic import marker_dataset
+    from ciams.deid.writer import serialize
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

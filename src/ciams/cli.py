@@ -363,6 +363,9 @@ def ae_add(
     host: Annotated[str, typer.Argument(help="Host name or address.")],
     port: Annotated[int, typer.Argument(help="Port.")],
     description: Annotated[str, typer.Option(help="Free text.")] = "",
+    owner: Annotated[
+        str, typer.Option(help="Account allowed to C-MOVE to it (default: administrators).")
+    ] = "",
     data_dir: DataDir = None,
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
@@ -373,7 +376,7 @@ def ae_add(
 
     with Archive(_settings(config, data_dir, database_url)) as archive:
         try:
-            AERegistry(archive.sessions).add(name, host, port, description=description)
+            AERegistry(archive.sessions).add(name, host, port, description=description, owner=owner)
         except CiamsError as exc:
             raise _fail(exc) from exc
     console.print(f"registered {name} at {host}:{port}")
@@ -390,10 +393,10 @@ def ae_list(
     with Archive(_settings(config, data_dir, database_url)) as archive:
         entries = AERegistry(archive.sessions).list()
     table = Table(title="remote AEs")
-    for col in ("AE title", "host", "port", "description"):
+    for col in ("AE title", "host", "port", "owner", "description"):
         table.add_column(col)
     for e in entries:
-        table.add_row(e.ae_title, e.host, str(e.port), e.description)
+        table.add_row(e.ae_title, e.host, str(e.port), e.owner or "(admins)", e.description)
     console.print(table)
 
 

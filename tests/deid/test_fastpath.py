@@ -87,3 +87,13 @@ def test_fast_path_leak_guard() -> None:
         serialize(ct_series(1)[0])
     )
     assert result.dataset.PatientName == "S1"
+
+
+def test_fast_path_patterns() -> None:
+    ds = ct_series(1)[0]
+    ds.LUTExplanation = "call jdoe@example.org"
+    deid = Deidentifier(None, {"MRN0001": "S1"}, SECRET)
+    with pytest.raises(LeakDetectedError) as info:
+        deid.deidentify_bytes(serialize(ds))
+    assert any(leak.kind == "pattern:email" for leak in info.value.leaks)
+    assert info.value.result._dataset is not None  # type: ignore[attr-defined]

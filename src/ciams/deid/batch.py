@@ -111,7 +111,7 @@ def _read(item: Item) -> bytes:
 _MADE_DIRS: set[Path] = set()
 
 
-def _write_new(path: Path, data: bytes) -> str:
+def _write_new(path: Path, parts: tuple[bytes, bytes | memoryview]) -> str:
     """Create ``path`` exclusively; 'duplicate' if the same bytes exist, 'conflict' if others do.
 
     ``O_EXCL`` creation never overwrites; a half-written file left by a crash differs
@@ -124,13 +124,14 @@ def _write_new(path: Path, data: bytes) -> str:
     try:
         with path.open("xb") as fh:
             try:
-                fh.write(data)
+                for part in parts:
+                    fh.write(part)
             except BaseException:
                 fh.close()
                 path.unlink(missing_ok=True)
                 raise
     except FileExistsError:
-        return "duplicate" if path.read_bytes() == data else "conflict"
+        return "duplicate" if path.read_bytes() == b"".join(parts) else "conflict"
     return "written"
 
 
@@ -215,8 +216,8 @@ def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
         reason = f"cannot de-identify: {type(exc).__name__}: {exc}"
         where = quarantine(output, item, data, reason, "deid-error")
         return Outcome(item.name, "quarantined", where, reason, "deid-error")
-    assert result.data is not None
-    state = _write_new(output / result.filename, result.data)
+    assert result.parts is not None
+    state = _write_new(output / result.filename, result.parts)
     if state == "conflict":
         reason = f"{result.filename} exists with different content"
         where = quarantine(output, item, data, reason, "deid-conflict")

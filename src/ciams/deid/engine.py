@@ -146,19 +146,31 @@ class DeidResult:
     filename: str
     subject_id: str
     new_subject: bool = False
-    data: bytes | None = None
+    #: the output file as (everything up to the Pixel Data value, that value)
+    parts: tuple[bytes, bytes | memoryview] | None = None
     actions: Counter[str] = field(default_factory=Counter)
     redactions: list[Redaction] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     leaks: list[Leak] = field(default_factory=list)
 
     @property
+    def data(self) -> bytes | None:
+        """The bytes of the output file."""
+        if self.parts is None:
+            return None
+        header, pixel = self.parts
+        if len(pixel):
+            self.parts = (header + pixel, b"")
+        return self.parts[0]
+
+    @property
     def dataset(self) -> Dataset:
         """The de-identified dataset (parsed from ``data`` when made by the fast path)."""
         if self._dataset is None:
-            if self.data is None:
+            data = self.data
+            if data is None:
                 raise ValueError("the result holds neither a dataset nor data")
-            self._dataset = read_fast(self.data)
+            self._dataset = read_fast(data)
         return self._dataset
 
 
@@ -301,7 +313,7 @@ class Deidentifier:
         if self.verify:
             self._verify(ds, ctx, profile, result)
         else:
-            result.data = serialize(ds)
+            result.parts = serialize_parts(ds)
         return result
 
     def _match_values(self, ds: Dataset) -> dict[str, str]:
@@ -339,8 +351,8 @@ class Deidentifier:
             if accept is not None:
                 accept(ds)
             return self.deidentify(ds)
-        header, pixel, filename, subject, new, counts, identifiers, profile = fast
-        result = DeidResult(None, filename, subject, new, data=header + pixel, actions=counts)
+        header, pixel, filename, subject, new, counts, identifiers, profile, text = fast
+        result = DeidResult(None, filename, subject, new, parts=(header, pixel), actions=counts)
         if self.verify:
             scanner = LeakScanner(
                 identifiers,
@@ -348,7 +360,7 @@ class Deidentifier:
                 ignore=self._verify_ignore(subject),
                 dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
             )
-            if scanner.scan_bytes(header):
+            if scanner.scan_bytes(header, text):
                 leaks = scanner.locate(result.dataset)
                 if leaks:
                     self._raise_leaks(result, leaks)
@@ -596,7 +608,7 @@ class Deidentifier:
             dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
         )
         header, pixel = serialize_parts(ds)
-        result.data = header + pixel if pixel else header
+        result.parts = (header, pixel)
         if scanner.scan_bytes(header):
             leaks = scanner.locate(ds)
             if leaks:

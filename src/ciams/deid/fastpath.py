@@ -94,6 +94,7 @@ _CHARSETS = {
     b"ISO_IR 100": "latin-1",
     b"ISO_IR 192": "utf-8",
 }
+_TEXT_VRB = frozenset(v.encode() for v in _TEXT | {"SQ"})
 _CODE_TAGS = (0x00080100, 0x00080104, 0x00080119)
 _AS_RE = re.compile(r"\d{3}[DWMY]")
 PIXEL_DATA = 0x7FE00010
@@ -106,13 +107,14 @@ class FastResult(NamedTuple):
     """What the fast path produced (the engine wraps it into a DeidResult)."""
 
     header: bytes
-    pixel: bytes
+    pixel: bytes | memoryview
     filename: str
     subject: str
     new_subject: bool
     counts: Counter[str]
     identifiers: dict[bytes, tuple[int, bool]]
     profile: CompiledProfile
+    text: bytes
 
 
 class Decline(Exception):
@@ -317,7 +319,8 @@ class FastPath:
             (v for v in (text(t) for t in (0x00080020, 0x00080021, 0x00080022, 0x00080023)) if v),
             None,
         )
-        out = self._walk(data, top, profile)
+        self.pixel: bytes | memoryview = b""
+        out = self._walk(data, top, profile, top=True)
         for target, index, tag, vr, raw in self.to_clean:
             target[index] = (tag, self._clean(tag, vr, raw))
         parts = {tag: _render(part) for tag, part in out}
@@ -338,16 +341,12 @@ class FastPath:
         new_sop = sop[8:].rstrip(b"\0 ").decode("ascii")
         sop_class = text(0x00080016) or "1.2.840.10008.5.1.4.1.1.7"
         meta = _meta_dataset(sop_class, new_sop, syntax.decode("ascii"))
-        pixel = b""
-        body = []
-        for tag in sorted(parts):
-            raw = parts[tag]
-            if tag == PIXEL_DATA:
-                head_len = 12 if raw[4:6] in (b"OB", b"OW") else 8
-                body.append(raw[:head_len])
-                pixel = raw[head_len:]
-            else:
-                body.append(raw)
+        if len(self.pixel) and max(parts) != PIXEL_DATA:
+            raise Decline  # the pixel value must come last to be written apart
+        body = [parts[tag] for tag in sorted(parts)]
+        # patterns (e-mail, phone, ...) are looked for in text values and sequences only
+        text_blob = b"".join(raw for raw in body if raw[4:6] in _TEXT_VRB)
+        pixel = self.pixel
         header = _PREAMBLE + _file_meta(meta) + b"".join(body)
         counts = Counter({_NAME[k]: v for k, v in self.counts.items()})
         return FastResult(
@@ -359,6 +358,7 @@ class FastPath:
             counts,
             self.identifiers,
             profile,
+            text_blob,
         )
 
     def _wants_ocr(self, text: Callable[[int], str | None], rules: tuple[Rule, ...]) -> bool:
@@ -395,6 +395,7 @@ class FastPath:
         data: bytes,
         elements: list[_Elem],
         profile: CompiledProfile,
+        top: bool = False,
     ) -> list[tuple[int, Part]]:
         actions = profile.actions
         ident = profile.identifying
@@ -412,7 +413,10 @@ class FastPath:
                 raise Decline
             self.counts[act] += 1
             if act == KEEP:
-                if ve >= 0 and (ve - vs) % 2:
+                if tag == PIXEL_DATA and top:  # the bulk: referenced, never copied
+                    out.append((tag, data[start:vs]))
+                    self.pixel = memoryview(data)[vs:nxt]
+                elif ve >= 0 and (ve - vs) % 2:
                     out.append((tag, _element(tag, vr, data[vs:ve])))
                 else:
                     out.append((tag, data[start:nxt]))

@@ -185,12 +185,16 @@ class LeakScanner:
             if pat.search(low):
                 yield f"pattern:{name}"
 
-    def scan_bytes(self, header: bytes) -> bool:
-        """Quick test: may ``header`` contain a leak?"""
+    def scan_bytes(self, header: bytes, text: bytes | None = None) -> bool:
+        """Quick test: may ``header`` contain a leak?
+
+        Identifiers are searched in all of ``header``; patterns in ``text`` (the text
+        valued elements) when given, else in all of ``header``.
+        """
         low = header.lower()
         if any(True for _ in self._found(low)):
             return True
-        return self._any_pattern.search(low) is not None
+        return self._any_pattern.search(low if text is None else text.lower()) is not None
 
     def locate(self, ds: Dataset) -> list[Leak]:
         """Walk an output dataset (and its file meta) and report each leaking attribute."""

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom.events import Event
 
-from ciams.archive import LEVELS, Archive, FindQuery, InstanceRef, Level
+from ciams.archive import EVERYTHING, LEVELS, Archive, FindQuery, InstanceRef, Level, Scope
 from ciams.errors import InvalidRequestError
 
 Model = Literal["PATIENT", "STUDY"]
@@ -163,7 +163,9 @@ def parse_find(identifier: Dataset, model: Model) -> FindRequest:
     )
 
 
-def retrieve_refs(archive: Archive, identifier: Dataset, model: Model) -> list[InstanceRef]:
+def retrieve_refs(
+    archive: Archive, identifier: Dataset, model: Model, scope: Scope = EVERYTHING
+) -> list[InstanceRef]:
     """Stored instances selected by a C-MOVE/C-GET identifier's unique keys
     (PS3.4 C.4.2.2.1, C.4.3.2.1); wildcards are not allowed there."""
     level = query_level(identifier, model)
@@ -182,12 +184,15 @@ def retrieve_refs(archive: Archive, identifier: Dataset, model: Model) -> list[I
     matches = archive.find(
         FindQuery(
             level="IMAGE", filters=filters, return_keys=["StudyInstanceUID", "SOPInstanceUID"]
-        )
+        ),
+        scope=scope,
     )
     by_study: dict[str, set[str]] = defaultdict(set)
     for ds in matches:
         by_study[str(ds.StudyInstanceUID)].add(str(ds.SOPInstanceUID))
     refs: list[InstanceRef] = []
     for study_uid, sops in by_study.items():
-        refs.extend(r for r in archive.instances(study_uid) if r.sop_instance_uid in sops)
+        refs.extend(
+            r for r in archive.instances(study_uid, scope=scope) if r.sop_instance_uid in sops
+        )
     return refs

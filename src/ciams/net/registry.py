@@ -35,6 +35,7 @@ class RemoteAEInfo:
     port: int
     description: str
     created_at: datetime
+    owner: str = ""
 
 
 def validate_ae_title(value: str) -> str:
@@ -84,6 +85,7 @@ def _info(row: RemoteAE) -> RemoteAEInfo:
         port=row.port,
         description=row.description or "",
         created_at=created,
+        owner=row.owner or "",
     )
 
 
@@ -94,9 +96,17 @@ class AERegistry:
         self._sessions = sessions
 
     def add(
-        self, ae_title: str, host: str, port: int, description: str = "", *, replace: bool = False
+        self,
+        ae_title: str,
+        host: str,
+        port: int,
+        description: str = "",
+        *,
+        replace: bool = False,
+        owner: str = "",
     ) -> RemoteAEInfo:
-        """Register a remote AE; with ``replace`` an existing entry is updated."""
+        """Register a remote AE; with ``replace`` an existing entry is updated. ``owner``
+        is the account allowed to C-MOVE to it ('' = administrators only)."""
         title = validate_ae_title(ae_title)
         host = _validate_host(host)
         number = _validate_port(port)
@@ -112,6 +122,7 @@ class AERegistry:
                     row = RemoteAE(ae_title=title, created_at=datetime.now(UTC))
                     session.add(row)
                 row.host, row.port, row.description = host, number, description
+                row.owner = owner.strip()[:64]
             return _info(row)
         except IntegrityError as exc:
             # Two writers registering the same title at once: the unique index decides.

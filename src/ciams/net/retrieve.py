@@ -23,12 +23,14 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
+from ciams.access import Principal, scope_of
 from ciams.archive import Archive, InstanceRef
 from ciams.errors import (
     DIMSE_UNABLE_TO_PROCESS,
     CiamsError,
     UnknownDestinationError,
 )
+from ciams.net.access import DimseAccess
 from ciams.net.query import decode_identifier, model_of, retrieve_refs
 from ciams.net.registry import AERegistry
 from ciams.net.status import query_error_status, status
@@ -160,11 +162,22 @@ def destination_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
     return contexts
 
 
-def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
+def _audit_retrieve(
+    access: DimseAccess, event: Event, principal: Principal, refs: list[InstanceRef], what: str
+) -> None:
+    studies = tuple(sorted({r.study_instance_uid for r in refs}))
+    access.record(
+        event, "download", "success", studies, f"{what}: {len(refs)} instances", principal
+    )
+
+
+def handle_get(event: Event, archive: Archive, access: DimseAccess) -> Iterator[Any]:
     """EVT_C_GET: send the selected instances over the requestor's association."""
     try:
+        principal = access.require(event, "download")
         model = model_of(event.request.AffectedSOPClassUID)
-        refs = retrieve_refs(archive, decode_identifier(event), model)
+        refs = retrieve_refs(archive, decode_identifier(event), model, scope_of(principal))
+        _audit_retrieve(access, event, principal, refs, "C-GET")
     except CiamsError as exc:
         _fail_early(event.assoc, query_error_status(exc))
         yield 0
@@ -181,6 +194,7 @@ def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
 def handle_move(
     event: Event,
     archive: Archive,
+    access: DimseAccess,
     registry: AERegistry,
     sub_handlers: list[Any],
     max_pdu: int,
@@ -189,11 +203,17 @@ def handle_move(
     selected instances there."""
     title = str(cast(C_MOVE, event.request).MoveDestination or "").strip()
     try:
+        principal = access.require(event, "download")
         destination = registry.get(title)
-        if destination is None:
+        # Only the AE's owner (or an administrator) may send there; to anyone else
+        # another owner's AE answers like an unknown one.
+        if destination is None or not (
+            principal.is_admin or destination.owner == principal.username
+        ):
             raise UnknownDestinationError(f"move destination {title!r} is not registered")
         model = model_of(event.request.AffectedSOPClassUID)
-        refs = retrieve_refs(archive, decode_identifier(event), model)
+        refs = retrieve_refs(archive, decode_identifier(event), model, scope_of(principal))
+        _audit_retrieve(access, event, principal, refs, f"C-MOVE to {title}")
     except CiamsError as exc:
         reply = query_error_status(exc)
         _fail_early(event.assoc, reply)

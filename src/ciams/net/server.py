@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -34,9 +35,11 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ciams.access import scope_of, upload_source
 from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsError, ConfigError
+from ciams.net.access import DimseAccess
 from ciams.net.query import MODELS, decode_identifier, model_of, parse_find
 from ciams.net.registry import AERegistry
 from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
@@ -93,6 +96,7 @@ class DicomServer:
         self.archive = archive
         self.settings = settings
         self.registry = AERegistry(archive.sessions)
+        self.access = DimseAccess(archive, settings)
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
         self.port = 0
@@ -136,13 +140,20 @@ class DicomServer:
             )
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_RELEASED, self.access.association_ended),
+            (evt.EVT_ABORTED, self.access.association_ended),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_C_MOVE, self._on_move),
         ]
         try:
-            server = ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
+            server = ae.start_server(
+                (cfg.host, cfg.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=self._ssl_context(),
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen for DICOM on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
@@ -166,6 +177,26 @@ class DicomServer:
         log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.host, self.port)
         return self.port
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """DICOM TLS (PS3.15 B.1, the Basic TLS Secure Transport Connection Profile)."""
+        tls = self.settings.tls
+        if not (tls.enabled and tls.dicom):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            if tls.ca_file is not None:
+                ctx.load_verify_locations(cafile=str(tls.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS certificate or key: {exc}") from exc
+        if tls.require_client_cert:
+            if tls.ca_file is None:
+                raise ConfigError("tls.require_client_cert needs tls.ca_file")
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        elif tls.ca_file is not None:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
     def stop(self) -> None:
         """Stop listening and abort open associations."""
         if self._ae is not None:
@@ -177,6 +208,10 @@ class DicomServer:
     def _on_store(self, event: Event) -> Dataset:
         """EVT_C_STORE: ingest the bytes as received, never decoding the data set."""
         try:
+            principal = self.access.require(event, "upload")
+        except CiamsError as exc:
+            return status(exc.dimse_status, exc.message)
+        try:
             requestor = event.assoc.requestor
             result = self.archive.ingest(
                 event.encoded_dataset(),
@@ -184,12 +219,18 @@ class DicomServer:
                     "interface": "dimse",
                     "calling_ae": requestor.ae_title,
                     "remote_address": requestor.address,
+                    **upload_source(principal),
                 },
             )
         except Exception:  # answer a status; the association goes on
             log.exception("C-STORE failed unexpectedly")
             return status(DIMSE_OUT_OF_RESOURCES, "internal error, see server log")
-        if not result.ok:
+        if result.ok:
+            self.access.stored(event.assoc, result.study_instance_uid)
+        else:
+            self.access.record(
+                event, "upload", "failure", (result.study_instance_uid,), result.reason
+            )
             log.warning(
                 "C-STORE %s (%s), quarantine entry %s",
                 result.status,
@@ -201,9 +242,10 @@ class DicomServer:
     def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """EVT_C_FIND: one pending response per match (PS3.4 C.4.1.1.3)."""
         try:
+            principal = self.access.require(event, "query")
             model = model_of(event.request.AffectedSOPClassUID)
             request = parse_find(decode_identifier(event), model)
-            matches = self.archive.find(request.query)
+            matches = self.archive.find(request.query, scope=scope_of(principal))
         except CiamsError as exc:
             yield query_error_status(exc), None
             return
@@ -211,19 +253,35 @@ class DicomServer:
             log.exception("C-FIND failed unexpectedly")
             yield status(DIMSE_UNABLE_TO_PROCESS, "internal error, see server log"), None
             return
-        for match in matches:
-            if event.is_cancelled:
-                yield STATUS_CANCEL, None
-                return
-            yield STATUS_PENDING, request.response(match)
+        studies: set[str] = set()
+        sent = 0
+        try:
+            for match in matches:
+                if event.is_cancelled:
+                    yield STATUS_CANCEL, None
+                    return
+                if match.get("StudyInstanceUID"):
+                    studies.add(str(match.StudyInstanceUID))
+                sent += 1
+                yield STATUS_PENDING, request.response(match)
+        finally:
+            self.access.record(
+                event,
+                "query",
+                "success",
+                tuple(sorted(studies)),
+                f"C-FIND {request.query.level}: {sent} matches sent",
+                principal,
+            )
 
     def _on_get(self, event: Event) -> Iterator[Any]:
-        return handle_get(event, self.archive)
+        return handle_get(event, self.archive, self.access)
 
     def _on_move(self, event: Event) -> Iterator[Any]:
         return handle_move(
             event,
             self.archive,
+            self.access,
             self.registry,
             [(evt.EVT_CONN_OPEN, no_delay)],
             self.settings.dicom.max_pdu,
