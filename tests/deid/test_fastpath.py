@@ -97,3 +97,26 @@ def test_fast_path_patterns() -> None:
         deid.deidentify_bytes(serialize(ds))
     assert any(leak.kind == "pattern:email" for leak in info.value.leaks)
     assert info.value.result._dataset is not None  # type: ignore[attr-defined]
+
+
+def test_file_to_file_copy_of_large_pixel_data(tmp_path: Path) -> None:
+    from ciams.deid.batch import run_batch
+    from ciams.deid.fastpath import FileRange
+
+    src = tmp_path / "in"
+    src.mkdir()
+    series = ct_series(2, rows=256, cols=256)  # 128 KiB of pixels: beyond the first read
+    for i, ds in enumerate(series):
+        (src / f"{i}.dcm").write_bytes(serialize(ds))
+    deid = Deidentifier(None, {"MRN0001": "S1"}, SECRET)
+    by_file = deid.deidentify_file(str(src / "0.dcm"))
+    assert by_file.parts is not None and isinstance(by_file.parts[1], FileRange)
+    expected = Deidentifier(None, {"MRN0001": "S1"}, SECRET).deidentify_bytes(
+        (src / "0.dcm").read_bytes())
+    assert by_file.data == expected.data
+    out = tmp_path / "out"
+    summary = run_batch(src, out, RECIPES["default"], {"MRN0001": "S1"}, SECRET, jobs=1)
+    assert summary.count("deidentified") == 2
+    written = out / expected.filename
+    assert written.read_bytes() == expected.data
+    assert read_fast(written.read_bytes()).pixel_array.shape == (256, 256)

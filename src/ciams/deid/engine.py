@@ -36,7 +36,7 @@ from ciams.deid import pixels as pixel_ops
 from ciams.deid._standard.annex_e import EDITION
 from ciams.deid.dates import age_string, offset_days, shift_da, shift_dt
 from ciams.deid.errors import Leak, LeakDetectedError, UnknownSubjectError
-from ciams.deid.fastpath import FastPath
+from ciams.deid.fastpath import FastPath, FastResult, FileRange
 from ciams.deid.leaks import LeakScanner, identifier_tokens, value_bytes
 from ciams.deid.profile import (
     AGE,
@@ -59,7 +59,7 @@ from ciams.deid.profile import (
 from ciams.deid.reader import read_fast
 from ciams.deid.recipe import MATCH_KEYS, Recipe, Rule, default_recipe
 from ciams.deid.uids import UidMapper, derive_int
-from ciams.deid.writer import serialize, serialize_parts
+from ciams.deid.writer import serialize_parts
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class DeidResult:
     subject_id: str
     new_subject: bool = False
     #: the output file as (everything up to the Pixel Data value, that value)
-    parts: tuple[bytes, bytes | memoryview] | None = None
+    parts: tuple[bytes, bytes | memoryview | FileRange] | None = None
     actions: Counter[str] = field(default_factory=Counter)
     redactions: list[Redaction] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
@@ -160,7 +160,7 @@ class DeidResult:
             return None
         header, pixel = self.parts
         if len(pixel):
-            self.parts = (header + pixel, b"")
+            self.parts = (header + (pixel.read() if isinstance(pixel, FileRange) else pixel), b"")
         return self.parts[0]
 
     @property
@@ -335,6 +335,20 @@ class Deidentifier:
             values[key] = number(tag) if key in ("Rows", "Columns") else (text(tag) or "")
         return values
 
+    def deidentify_file(
+        self, path: str, *, accept: Callable[[Dataset], None] | None = None
+    ) -> DeidResult:
+        """De-identify the DICOM file at ``path`` (see :meth:`deidentify_bytes`).
+
+        On the fast path a large Pixel Data value is not read: the result refers to
+        it and :func:`ciams.deid.batch.run_batch` copies it file to file.
+        """
+        fast = self._fast.run_file(path)
+        if fast is None:
+            with open(path, "rb") as fh:
+                return self.deidentify_bytes(fh.read(), accept=accept)
+        return self._from_fast(fast)
+
     def deidentify_bytes(
         self, data: bytes, *, accept: Callable[[Dataset], None] | None = None
     ) -> DeidResult:
@@ -351,6 +365,9 @@ class Deidentifier:
             if accept is not None:
                 accept(ds)
             return self.deidentify(ds)
+        return self._from_fast(fast)
+
+    def _from_fast(self, fast: FastResult) -> DeidResult:
         header, pixel, filename, subject, new, counts, identifiers, profile, text = fast
         result = DeidResult(None, filename, subject, new, parts=(header, pixel), actions=counts)
         if self.verify:

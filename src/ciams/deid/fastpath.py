@@ -15,6 +15,7 @@ private attributes, kept overlays or curves, or a trial section.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections import Counter
@@ -95,6 +96,8 @@ _CHARSETS = {
     b"ISO_IR 192": "utf-8",
 }
 _TEXT_VRB = frozenset(v.encode() for v in _TEXT | {"SQ"})
+_LONG_VRB = frozenset(v.encode() for v in _LONG_VRS)
+_HEAD_CHUNK = 1 << 16
 _CODE_TAGS = (0x00080100, 0x00080104, 0x00080119)
 _AS_RE = re.compile(r"\d{3}[DWMY]")
 PIXEL_DATA = 0x7FE00010
@@ -107,7 +110,7 @@ class FastResult(NamedTuple):
     """What the fast path produced (the engine wraps it into a DeidResult)."""
 
     header: bytes
-    pixel: bytes | memoryview
+    pixel: bytes | memoryview | FileRange
     filename: str
     subject: str
     new_subject: bool
@@ -117,14 +120,58 @@ class FastResult(NamedTuple):
     text: bytes
 
 
+class FileRange:
+    """A byte range of a file: the Pixel Data value, copied without reading it."""
+
+    __slots__ = ("length", "offset", "path")
+
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        self.path = path
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(self.length)
+        if len(data) != self.length:
+            raise OSError(f"{self.path} changed while it was de-identified")
+        return data
+
+
+def _pixel_header_end(head: bytes, size: int) -> int | None:
+    """End of the top-level Pixel Data header if its value runs to the end of the file."""
+    pos = 132
+    end = len(head)
+    while pos + 12 <= end:
+        group, elem, vrb, short = _SHORT.unpack_from(head, pos)
+        if vrb in _LONG_VRB:
+            length = _U32.unpack_from(head, pos + 8)[0]
+            vstart = pos + 12
+        else:
+            length = short
+            vstart = pos + 8
+        if length == 0xFFFFFFFF:
+            return None
+        if (group << 16 | elem) == PIXEL_DATA:
+            return vstart if vstart + length == size else None
+        pos = vstart + length
+    return None
+
+
 class Decline(Exception):
     """The fast path does not handle this input."""
 
 
-def _elements(buf: bytes, pos: int, end: int) -> Iterator[_Elem]:
+def _elements(buf: bytes, pos: int, end: int, external_end: int = -1) -> Iterator[_Elem]:
     """``(tag, vr, start, value_start, value_end_or_-1, next)`` per element.
 
     For undefined lengths ``value_end`` is -1 and ``next`` is after the delimiter.
+    With ``external_end`` the buffer stops after the Pixel Data header and its value
+    (the rest of the file, up to ``external_end``) is not in ``buf``.
     """
     while pos < end:
         if end - pos < 8:
@@ -150,6 +197,9 @@ def _elements(buf: bytes, pos: int, end: int) -> Iterator[_Elem]:
             pos = nxt
             continue
         if vstart + length > end:
+            if tag == PIXEL_DATA and vstart == end and vstart + length == external_end:
+                yield tag, vr, pos, vstart, vstart + length, vstart + length
+                return
             raise Decline
         yield tag, vr, pos, vstart, vstart + length, vstart + length
         pos = vstart + length
@@ -254,7 +304,31 @@ class FastPath:
         except Decline:
             return None
 
-    def _run(self, data: bytes) -> FastResult:
+    def run_file(self, path: str) -> FastResult | None:
+        """Like :meth:`run` for a file; a large Pixel Data value is not read but
+        referenced (:class:`FileRange`) so it can be copied file to file."""
+        if not self.enabled:
+            return None
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(_HEAD_CHUNK)
+            if len(head) < size:
+                where = _pixel_header_end(head, size)
+                if where is None:
+                    head += fh.read()
+                else:
+                    head = head[:where]
+        if len(head) < 144 or head[128:132] != b"DICM":
+            return None
+        try:
+            if len(head) < size:
+                return self._run(head, FileRange(path, len(head), size - len(head)))
+            return self._run(head)
+        except Decline:
+            return None
+
+    def _run(self, data: bytes, external: FileRange | None = None) -> FastResult:
+        self._external = external
         eng = self.engine
         meta_end = 132
         syntax = b""
@@ -268,7 +342,11 @@ class FastPath:
             syntax.startswith(b"1.2.840.10008.1.2.4.") or syntax == b"1.2.840.10008.1.2.5"
         ):
             raise Decline
-        top = list(_elements(data, meta_end, len(data)))
+        top = list(
+            _elements(
+                data, meta_end, len(data), external.offset + external.length if external else -1
+            )
+        )
         values = {t: (vr, vs, ve) for t, vr, _s, vs, ve, _n in top}
 
         def text(tag: int) -> str | None:
@@ -319,7 +397,7 @@ class FastPath:
             (v for v in (text(t) for t in (0x00080020, 0x00080021, 0x00080022, 0x00080023)) if v),
             None,
         )
-        self.pixel: bytes | memoryview = b""
+        self.pixel: bytes | memoryview | FileRange = b""
         out = self._walk(data, top, profile, top=True)
         for target, index, tag, vr, raw in self.to_clean:
             target[index] = (tag, self._clean(tag, vr, raw))
@@ -415,12 +493,14 @@ class FastPath:
             if act == KEEP:
                 if tag == PIXEL_DATA and top:  # the bulk: referenced, never copied
                     out.append((tag, data[start:vs]))
-                    self.pixel = memoryview(data)[vs:nxt]
+                    self.pixel = self._external or memoryview(data)[vs:nxt]
                 elif ve >= 0 and (ve - vs) % 2:
                     out.append((tag, _element(tag, vr, data[vs:ve])))
                 else:
                     out.append((tag, data[start:nxt]))
                 continue
+            if self._external is not None and tag == PIXEL_DATA:
+                raise Decline  # the value is not in memory
             raw = data[vs:ve] if ve >= 0 else b""
             if tag in ident and vr != "SQ":
                 self._collect(tag, vr, raw)
