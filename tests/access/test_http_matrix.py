@@ -214,3 +214,37 @@ def test_every_request_is_audited(world: Any) -> None:
     assert any(e.outcome == "denied" and e.client == "127.0.0.1" for e in failures)
     assert any(e.action == "upload" and e.username == "site1" for e in trail.events(obj=uid))
     assert trail.verify().ok
+
+
+def test_audit_endpoint_for_admins_and_auditors(world: Any) -> None:
+    server, tokens, studies = world
+    uid = str(studies["site2"].StudyInstanceUID)
+    status = {}
+    for user in ROLES:
+        r = httpx.get(
+            server.http_url + "/api/audit",
+            params={"object": uid},
+            headers={"Authorization": f"Bearer {tokens[user]}"},
+        )
+        status[user] = r.status_code
+        if r.status_code == 200:
+            messages = r.json()
+            assert messages and all(
+                any(o["ParticipantObjectID"] == uid for o in m["ParticipantObjectIdentification"])
+                for m in messages
+            )
+    assert status == {
+        "admin": 200,
+        "monitor": 403,
+        "site1": 403,
+        "site2": 403,
+        "reader": 403,
+        "researcher": 403,
+        "auditor": 200,
+    }
+    by_user = httpx.get(
+        server.http_url + "/api/audit",
+        params={"user": "site2", "since": "2000-01-01T00:00:00"},
+        headers={"Authorization": f"Bearer {tokens['auditor']}"},
+    ).json()
+    assert by_user and {m["ActiveParticipant"][0]["UserID"] for m in by_user} == {"site2"}

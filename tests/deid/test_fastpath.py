@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom.data
 import pytest
 
-from ciams.deid import Deidentifier, LeakDetectedError, recipe_with_defaults
+from ciams.deid import Deidentifier, LeakDetectedError, default_recipe, recipe_with_defaults
 from ciams.deid.reader import read_fast
 from ciams.deid.synthetic import ct_series, marker_dataset
 from ciams.deid.writer import serialize
@@ -112,10 +112,11 @@ def test_file_to_file_copy_of_large_pixel_data(tmp_path: Path) -> None:
     by_file = deid.deidentify_file(str(src / "0.dcm"))
     assert by_file.parts is not None and isinstance(by_file.parts[1], FileRange)
     expected = Deidentifier(None, {"MRN0001": "S1"}, SECRET).deidentify_bytes(
-        (src / "0.dcm").read_bytes())
+        (src / "0.dcm").read_bytes()
+    )
     assert by_file.data == expected.data
     out = tmp_path / "out"
-    summary = run_batch(src, out, RECIPES["default"], {"MRN0001": "S1"}, SECRET, jobs=1)
+    summary = run_batch(src, out, default_recipe(), {"MRN0001": "S1"}, SECRET, jobs=1)
     assert summary.count("deidentified") == 2
     written = out / expected.filename
     assert written.read_bytes() == expected.data

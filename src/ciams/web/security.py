@@ -10,14 +10,23 @@ cookie, whose unsafe requests must carry the CSRF token), asks the one policy la
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ciams.access import Accounts, AuditTrail, Event, Principal, authorize, scope_of
+from ciams.access import (
+    Accounts,
+    AuditTrail,
+    Event,
+    Principal,
+    atna_message,
+    authorize,
+    scope_of,
+)
 from ciams.access.sessions import COOKIE_NAME, CSRF_HEADER, SessionSigner, secret_key
 from ciams.archive import Archive
 from ciams.config import Settings
@@ -109,6 +118,23 @@ class WebAccess:
             """End the session (the cookie is cleared)."""
             response.delete_cookie(COOKIE_NAME, path="/")
             return {"status": "logged out"}
+
+        @app.get("/api/audit", tags=["audit"], dependencies=[self.require("audit")])
+        async def audit_events(
+            user: str | None = None,
+            object: str | None = None,
+            since: datetime | None = None,
+            until: datetime | None = None,
+            action: str | None = None,
+            limit: int = Query(1000, ge=1, le=10000),
+        ) -> list[dict[str, object]]:
+            """Audit events filtered by user, object UID, time and action (admins, auditors)."""
+            events = await anyio.to_thread.run_sync(
+                lambda: self.audit.events(
+                    username=user, obj=object, since=since, until=until, action=action, limit=limit
+                )
+            )
+            return [atna_message(e) for e in events]
 
         @app.get("/api/me", tags=["session"], dependencies=[self.require("whoami")])
         async def me(request: Request) -> dict[str, object]:
