@@ -93,15 +93,21 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    recipe: Recipe, subjects: dict[str, str], secret: bytes, site: str | None, output: str
+    recipe: Recipe,
+    subjects: dict[str, str],
+    secret: bytes,
+    site: str | None,
+    output: str,
+    own_process: bool = True,
 ) -> None:
-    # the worker processes are ours: skip pydicom's per-value validation (the leak
-    # guard and the writer check what matters), it costs a third of the time
-    # few reference cycles are made per file: collect rarely (CPU), and the objects
-    # inherited from the parent were frozen before the fork (no copy-on-write by GC)
-    gc.set_threshold(50_000, 20, 20)
-    config.settings.reading_validation_mode = config.IGNORE
-    config.settings.writing_validation_mode = config.IGNORE
+    if own_process:
+        # the worker processes are ours: skip pydicom's per-value validation (the
+        # leak guard and the writer check what matters), it costs a third of the time;
+        # few reference cycles are made per file: collect rarely, and the objects
+        # inherited from the parent were frozen before the fork (no copy-on-write by GC)
+        gc.set_threshold(50_000, 20, 20)
+        config.settings.reading_validation_mode = config.IGNORE
+        config.settings.writing_validation_mode = config.IGNORE
     _WORKER["deid"] = Deidentifier(recipe, subjects, secret, site=site)
     _WORKER["output"] = Path(output)
 
@@ -310,8 +316,8 @@ def run_batch(
     summary = Summary()
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     init_args = (recipe, subjects, secret, site, str(output))
-    if jobs == 1 or len(chunks) <= 1:
-        _init_worker(*init_args)
+    if jobs == 1 or len(chunks) <= 1:  # in this process: leave its settings alone
+        _init_worker(*init_args, own_process=False)
         for chunk in chunks:
             done = _run_chunk(chunk)
             summary.outcomes.extend(done)
