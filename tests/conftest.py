@@ -60,6 +60,27 @@ def fresh_database(pg_base_url: str | None) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@contextmanager
+def running_server(data_dir: Path, pg_base_url: str | None, **overrides: Any) -> Iterator[Any]:
+    """A started server on its own database, for module-scoped fixtures."""
+    from ciams.server import Server
+
+    with fresh_database(pg_base_url) as url:
+        values: dict[str, Any] = {
+            "data_dir": data_dir,
+            "database_url": url,
+            "dicom": {"port": 0},
+            "http": {"port": 0},
+            **overrides,
+        }
+        server = Server(load_settings(**values))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 @pytest.fixture
 def database_url(pg_base_url: str | None) -> Iterator[str]:
     with fresh_database(pg_base_url) as url:

@@ -51,7 +51,7 @@ class DicomSettings(BaseModel):
     """DIMSE network service."""
 
     host: str = Field("127.0.0.1", description="Address the DICOM listener binds to.")
-    port: int = Field(11112, description="DICOM port (0 disables the listener).")
+    port: int = Field(11112, description="DICOM port (0 = any free port).")
     ae_title: str = Field("CIAMS", description="Our AE title.")
     allowed_calling_aes: list[str] = Field(
         default_factory=list,

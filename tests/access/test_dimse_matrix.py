@@ -15,6 +15,7 @@ import pytest
 
 from ciams.access import Accounts, AuditTrail
 from ciams.net import AERegistry
+from tests.conftest import running_server
 from tests.corpus import make_instance, to_bytes, write
 from tests.net.conftest import dcmtk
 
@@ -34,20 +35,15 @@ CALLERS = [*USERS, "NOBODY"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, pg_base_url: str | None) -> Any:
-    from ciams.config import load_settings
-    from ciams.server import Server
-    from tests.conftest import fresh_database
-
-    db = fresh_database(pg_base_url)
-    settings = load_settings(
-        data_dir=tmp_path_factory.mktemp("dimse") / "data",
-        database_url=db.__enter__(),
-        dicom={"port": 0},
-        http={"port": 0},
+    with running_server(
+        tmp_path_factory.mktemp("dimse") / "data",
+        pg_base_url,
         access={"anonymous_dicom_on_loopback": False},
-    )
-    server = Server(settings)
-    server.start()
+    ) as server:
+        yield from _populate(server)
+
+
+def _populate(server: Any) -> Any:
     accounts = Accounts(server.archive.sessions)
     for ae, (name, role, trial, site) in USERS.items():
         accounts.add_user(name, role, trial=trial, site=site)
@@ -59,8 +55,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, pg_base_url: str | None) -> 
         assert result.ok
         studies[site] = ds
     yield server, studies
-    server.stop()
-    db.__exit__(None, None, None)
 
 
 def _peer(

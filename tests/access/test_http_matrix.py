@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from ciams.access import Accounts
+from tests.conftest import running_server
 from tests.corpus import make_instance, to_bytes
 from tests.web.conftest import multipart
 
@@ -25,19 +26,11 @@ ROLES = {
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, pg_base_url: str | None) -> Any:
     """One server, a study per site, a token per role (module scope: many requests)."""
-    from ciams.config import load_settings
-    from ciams.server import Server
-    from tests.conftest import fresh_database
+    with running_server(tmp_path_factory.mktemp("matrix") / "data", pg_base_url) as server:
+        yield from _populate(server)
 
-    db = fresh_database(pg_base_url)
-    settings = load_settings(
-        data_dir=tmp_path_factory.mktemp("matrix") / "data",
-        database_url=db.__enter__(),
-        dicom={"port": 0},
-        http={"port": 0},
-    )
-    server = Server(settings)
-    server.start()
+
+def _populate(server: Any) -> Any:
     accounts = Accounts(server.archive.sessions)
     tokens = {}
     for name, (role, trial, site) in ROLES.items():
@@ -55,8 +48,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, pg_base_url: str | None) -> 
         assert r.status_code == 200, r.text
         studies[site] = ds
     yield server, tokens, studies
-    server.stop()
-    db.__exit__(None, None, None)
 
 
 def _call(server: Any, token: str | None, method: str, path: str, **kw: Any) -> int:

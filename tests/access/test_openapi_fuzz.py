@@ -17,27 +17,16 @@ PUBLIC = {("GET", "/"), ("GET", "/api/health"), ("POST", "/api/login"), ("POST",
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory, pg_base_url: str | None) -> Iterator[Any]:
     from ciams.access import Accounts
-    from ciams.config import load_settings
-    from ciams.server import Server
-    from tests.conftest import fresh_database
+    from tests.conftest import running_server
     from tests.corpus import make_instance, to_bytes
 
-    with fresh_database(pg_base_url) as url:
-        server = Server(
-            load_settings(
-                data_dir=tmp_path_factory.mktemp("fuzz") / "data",
-                database_url=url,
-                dicom={"port": 0},
-                http={"port": 0},
-            )
-        )
-        server.start()
+    with running_server(tmp_path_factory.mktemp("fuzz") / "data", pg_base_url) as server:
         accounts = Accounts(server.archive.sessions)
         accounts.add_user("fuzz-admin", "admin")
-        server.auth = {"Authorization": f"Bearer {accounts.issue_token('fuzz-admin')}"}  # type: ignore[attr-defined]
+        token = accounts.issue_token("fuzz-admin")
+        server.auth = {"Authorization": f"Bearer {token}"}
         server.archive.ingest(to_bytes(make_instance(rows=8, columns=8)))
         yield server
-        server.stop()
 
 
 def _operations(server: Any) -> list[Any]:

@@ -192,3 +192,20 @@ def test_sequences_are_cleaned_recursively(deid: Deidentifier) -> None:
     assert nested.PatientName == "LOCAT-0001"
     assert nested.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
     assert nested.ReferencedSOPInstanceUID != "1.2.3.4.5"
+
+
+def test_missing_patient_id_is_refused_even_when_generating() -> None:
+    ds = ct_series(1)[0]
+    del ds.PatientID
+    rec = recipe_with("profile: {options: []}\nsubjects: {unknown: generate}\n")
+    with pytest.raises(UnknownSubjectError, match="no Patient ID"):
+        Deidentifier(rec, {}, SECRET).deidentify(roundtrip(ds))
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import ciams.deid.engine
+
+    failures, tests = doctest.testmod(ciams.deid.engine)
+    assert tests > 0 and failures == 0

@@ -108,6 +108,9 @@ def test_options_override_basic() -> None:
     assert a[tag("SOPInstanceUID")] == KEEP
     assert a[tag("StationName")] == KEEP
     assert a[tag("InstitutionName")] == KEEP
+    # binary values cannot be cleaned: C falls back to the Basic Profile action
+    assert a[tag("MakerNote")] == REMOVE
+    assert a[tag("FrameOriginTimestamp")] == DUMMY
     full = compile_profile([Option.RETAIN_LONG_FULL_DATES]).actions
     assert full[tag("StudyDate")] == KEEP
 

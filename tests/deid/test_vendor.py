@@ -52,7 +52,9 @@ def _deid(path: str) -> tuple[pydicom.Dataset, bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         src = pydicom.dcmread(path)
-        result = Deidentifier(RECIPE, {}, SECRET).deidentify(pydicom.dcmread(path))
+        # instances without a Patient ID are refused (tested below); map them here
+        subjects = {} if str(src.get("PatientID", "")).strip() else {"": "NOID-1"}
+        result = Deidentifier(RECIPE, subjects, SECRET).deidentify(pydicom.dcmread(path))
     assert result.data is not None
     return src, result.data
 

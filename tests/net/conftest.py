@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,42 +30,15 @@ class DicomNode:
         return self.settings.dicom.ae_title
 
 
-def _web_available() -> bool:
-    try:
-        from ciams.web import create_app  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture
-def make_node(
-    make_settings: Callable[..., Settings], request: pytest.FixtureRequest
-) -> Iterator[Callable[..., DicomNode]]:
-    """Start a server on loopback: the full ``Server`` (the ``make_server`` fixture) when
-    the web app exists, else the archive with the DICOM listener alone."""
-    stops: list[Callable[[], None]] = []
+def make_node(make_server: Callable[..., Any]) -> Callable[..., DicomNode]:
+    """Start a full server on loopback (the ``make_server`` fixture) as a DICOM node."""
 
     def factory(**overrides: Any) -> DicomNode:
-        if _web_available():
-            make_server = request.getfixturevalue("make_server")
-            server = make_server(**overrides)
-            return DicomNode(server.settings, server.dicom_port, server.archive, server.dicom)
-        settings = make_settings(**overrides)
-        archive = Archive(settings)
-        dicom = DicomServer(archive, settings)
-        port = dicom.start()
+        server = make_server(**overrides)
+        return DicomNode(server.settings, server.dicom_port, server.archive, server.dicom)
 
-        def stop() -> None:
-            dicom.stop()
-            archive.close()
-
-        stops.append(stop)
-        return DicomNode(settings, port, archive, dicom)
-
-    yield factory
-    for stop in stops:
-        stop()
+    return factory
 
 
 @pytest.fixture

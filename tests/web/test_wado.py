@@ -230,8 +230,12 @@ def test_thumbnail_viewport_and_search_media_type(
     assert Image.open(BytesIO(thumb.content)).size == (128, 128)
     small = httpx.get(url + "/rendered", params={"viewport": "32,16"}, headers=server.auth)
     assert Image.open(BytesIO(small.content)).size == (16, 16)
-    assert httpx.get(url + "/rendered", params={"viewport": "0,x"}, headers=server.auth).status_code == 400
+    assert (
+        httpx.get(url + "/rendered", params={"viewport": "0,x"}, headers=server.auth).status_code
+        == 400
+    )
     xml = httpx.get(
-        f"{server.http_url}/dicom-web/studies", headers={**server.auth, "Accept": "application/dicom+xml"}
+        f"{server.http_url}/dicom-web/studies",
+        headers={**server.auth, "Accept": "application/dicom+xml"},
     )
     assert xml.status_code == 406

@@ -93,6 +93,16 @@ def user_list(
     console.print(table)
 
 
+def _set_disabled(
+    name: str, disabled: bool, config: Path | None, data_dir: Path | None, database_url: str | None
+) -> None:
+    verb = "disable" if disabled else "enable"
+    with _services(config, data_dir, database_url) as (accounts, trail):
+        accounts.set_disabled(name, disabled)
+        _audit_change(trail, f"user {verb} {name}")
+    console.print(f"{verb}d {name}")
+
+
 @user_app.command("disable")
 def user_disable(
     name: str,
@@ -101,10 +111,7 @@ def user_disable(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Disable a user and revoke their tokens."""
-    with _services(config, data_dir, database_url) as (accounts, trail):
-        accounts.set_disabled(name, True)
-        _audit_change(trail, f"user disable {name}")
-    console.print(f"disabled {name}")
+    _set_disabled(name, True, config, data_dir, database_url)
 
 
 @user_app.command("enable")
@@ -115,10 +122,7 @@ def user_enable(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Enable a disabled user."""
-    with _services(config, data_dir, database_url) as (accounts, trail):
-        accounts.set_disabled(name, False)
-        _audit_change(trail, f"user enable {name}")
-    console.print(f"enabled {name}")
+    _set_disabled(name, False, config, data_dir, database_url)
 
 
 @user_app.command("passwd")

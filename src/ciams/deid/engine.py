@@ -261,6 +261,12 @@ class Deidentifier:
         code = self.subjects.get(patient_id)
         if code:
             return code, False
+        if not patient_id:
+            # one generated code for every instance without an ID would merge patients
+            raise UnknownSubjectError(
+                "the instance has no Patient ID, so it cannot be mapped to a subject",
+                hint="set the Patient ID at the site, or map the empty ID in the subjects CSV",
+            )
         if self.recipe.unknown_subject != "generate":
             raise UnknownSubjectError("the patient is not in the subject map")
         code = self.new_subjects.get(patient_id)

@@ -130,6 +130,7 @@ NON_TEXT_SAFE_VRS = frozenset(
     }
 )
 DATE_VRS = frozenset({"DA", "DT", "TM"})
+BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
 #: VRs whose source values count as identifiers for the leak guard.
 IDENTIFIER_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "DA", "DT", "AE", "UR", "UI"})
 
@@ -149,14 +150,16 @@ def _resolve(
     acts = set(overrides)
     if "K" in acts:
         return RECURSE if vr == "SQ" else KEEP
-    if "C" in acts:
+    if "C" in acts and vr not in BINARY_VRS:
         if vr == "SQ":
             return RECURSE
         if vr in DATE_VRS:
             return SHIFT if Option.RETAIN_LONG_MODIFIED_DATES in options else KEEP
         if vr in TEXT_VRS:
             return CLEAN
-        return KEEP
+        return KEEP  # code strings and numbers: nothing to clean
+    # C on a binary value (maker notes, time stamps): it cannot be cleaned, so the
+    # Basic Profile action applies
     if vr == "SQ":
         if basic == "X":
             return REMOVE
