@@ -144,7 +144,15 @@ class Ciams:
 
     name = "CIAMS"
 
-    def __init__(self, workdir: Path, mode: str = "cli", *, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        mode: str = "cli",
+        *,
+        data_dir: Path | None = None,
+        provision: bool = True,
+    ) -> None:
+        self.provision = provision
         self.workdir = workdir
         self.mode = mode  # "cli" (ciams serve) or "dimse" (Archive + DicomServer only)
         self.given_data_dir = data_dir
@@ -178,7 +186,7 @@ class Ciams:
         )
         self.http_port, self.dicom_port = free_port(), free_port()
         self.logfile = self.data_dir.parent / f"{self.data_dir.name}.log"
-        if self.mode == "cli":
+        if self.mode == "cli" and self.provision:
             self.token = provision_user(self.data_dir)
         if self.mode == "cli":
             cmd = [
@@ -248,7 +256,7 @@ class Ciams:
 def detect_ciams_mode(workdir: Path) -> str:
     """'cli' when ``ciams serve`` starts (DICOMweb available), else 'dimse'."""
     try:
-        with Ciams(workdir, "cli"):
+        with Ciams(workdir, "cli", provision=False):
             return "cli"
     except Exception as exc:
         log(
@@ -416,25 +424,46 @@ def findscu_once(port: int, aec: str, patient_id: str) -> tuple[float, int]:
     return dt, text.count("(Pending)")
 
 
+class AssociationLost(RuntimeError):
+    pass
+
+
 class PynetdicomFinder:
     """One association, reused: C-FIND round trips without process spawns."""
 
     def __init__(self, port: int, aec: str) -> None:
-        from pynetdicom import AE
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
         self.model = FIND
+        self.port, self.aec = port, aec
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        from pynetdicom import AE
+
         ae = AE(ae_title=CLIENT_AE)
-        ae.add_requested_context(FIND)
-        ae.network_timeout = 60
+        ae.add_requested_context(self.model)
+        ae.network_timeout = 120
         ae.acse_timeout = 30
-        self.assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+        ae.dimse_timeout = 60
+        self.assoc = ae.associate("127.0.0.1", self.port, ae_title=self.aec)
         if not self.assoc.is_established:
-            raise RuntimeError(f"C-FIND association to {aec}:{port} rejected")
+            raise RuntimeError(f"C-FIND association to {self.aec}:{self.port} rejected")
         sock = self.assoc.dul.socket.socket  # type: ignore[union-attr]
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def query(self, patient_id: str) -> tuple[float, int]:
+        try:
+            return self._query(patient_id)
+        except AssociationLost:
+            # An aborted or timed-out association: note it, re-associate, ask again.
+            self.reconnects += 1
+            log(f"C-FIND association to {self.aec} lost; re-associating")
+            self._connect()
+            return self._query(patient_id)
+
+    def _query(self, patient_id: str) -> tuple[float, int]:
         from pydicom.dataset import Dataset
 
         ds = Dataset()
@@ -445,16 +474,18 @@ class PynetdicomFinder:
         t0 = time.perf_counter()
         n = 0
         for status, ident in self.assoc.send_c_find(ds, self.model):
-            if status is None:
-                raise RuntimeError("C-FIND: no response (association aborted?)")
-            if status.Status in (0xFF00, 0xFF01) and ident is not None:
+            code = getattr(status, "Status", None) if status is not None else None
+            if code is None:
+                raise AssociationLost(self.aec)
+            if code in (0xFF00, 0xFF01) and ident is not None:
                 n += 1
-            elif status.Status != 0x0000:
-                raise RuntimeError(f"C-FIND status 0x{status.Status:04X}")
+            elif code != 0x0000:
+                raise RuntimeError(f"C-FIND status 0x{code:04X} from {self.aec}")
         return time.perf_counter() - t0, n
 
     def close(self) -> None:
-        self.assoc.release()
+        if self.assoc.is_established:
+            self.assoc.release()
 
 
 def qido_once(client: httpx.Client, base: str, patient_id: str) -> tuple[float, int]:
@@ -823,6 +854,13 @@ def query_figures(
     labels: dict[str, str] = {}
 
     def measure(key: str, label: str, variant: str, fns: dict[str, Any]) -> None:
+        try:
+            _measure(key, label, variant, fns)
+        except Exception as exc:  # one broken method must not lose the others
+            log(f"{label} [{variant}] failed: {exc}")
+            notes.append(f"{label} [Orthanc {variant}] failed: {exc}")
+
+    def _measure(key: str, label: str, variant: str, fns: dict[str, Any]) -> None:
         for fn in fns.values():
             for p in warm:
                 fn(p)
@@ -867,7 +905,9 @@ def query_figures(
                     {w: finders[w].query for w in finders},
                 )
             finally:
-                for f in finders.values():
+                for w, f in finders.items():
+                    if f.reconnects:
+                        notes.append(f"C-FIND ({variant}): {w} association re-made {f.reconnects}x")
                     f.close()
             if mode == "cli":
                 clients = {w: httpx.Client(timeout=60, headers=s.auth_headers) for w, s in servers}

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def main() -> int:
         "patient_id,subject_id\n"
         + "".join(f"MRN{i:04d},BENCH-{i:04d}\n" for i in range(args.n // 100 + 1))
     )
-    tools = {
+    tools: dict[str, Callable[[Path, Path], list[str]]] = {
         "ciams": lambda src, dst: [
             sys.executable,
             "-m",
@@ -188,7 +189,7 @@ def main() -> int:
     (WORK / "markers" / "subjects.csv").write_text("patient_id,subject_id\nMRN0001,M-0001\n")
     basic = WORK / "markers" / "basic.yaml"
     basic.write_text('recipe: 1\nname: bench-basic\nversion: "1"\nprofile: {options: []}\n')
-    leak_tools = {
+    leak_tools: dict[str, list[str]] = {
         "ciams (basic profile)": [
             sys.executable,
             "-m",
@@ -221,12 +222,12 @@ def main() -> int:
         "deid": [args.tools_python, "-c", DEID_SCRIPT, str(marker_dir), "{dst}"],
     }
     leaks: dict[str, object] = {}
-    for name, cmd in leak_tools.items():
+    for name, leak_cmd in leak_tools.items():
         dst = WORK / "markers" / ("out_" + name.split()[0] + str(len(name)))
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
         subprocess.run(
-            [c.replace("{dst}", str(dst)) for c in cmd],
+            [c.replace("{dst}", str(dst)) for c in leak_cmd],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -18,15 +18,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from ciams.archive.models import Instance, InstanceVersion, Patient, Series, Study
 from ciams.archive.parse import ParsedInstance
 from ciams.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+# Built once: per-instance statements with bound parameters hit SQLAlchemy's compiled
+# cache directly (literal values would make it rebuild a cache key every time).
+_FIND_INSTANCE = select(
+    Instance.id,
+    Instance.sha256,
+    Instance.version,
+    Instance.storage_key,
+    Instance.size,
+    Instance.received_at,
+).where(Instance.sop_instance_uid == bindparam("uid"))
+_INSERT_INSTANCE = insert(Instance.__table__)  # type: ignore[arg-type]
 
 Outcome = Literal["stored", "duplicate", "versioned", "conflict", "out-of-scope"]
 
@@ -50,7 +62,7 @@ class IndexWriter:
 
     def __init__(
         self,
-        sessions: sessionmaker[Session],
+        engine: Engine,
         *,
         on_conflict: Literal["reject", "version"],
         batch_max: int = 64,
@@ -58,7 +70,7 @@ class IndexWriter:
         sync: Callable[[], None] | None = None,
         sync_after_commit: bool = False,
     ) -> None:
-        self._sessions = sessions
+        self._engine = engine
         self._sync = sync or (lambda: None)
         self._sync_after_commit = sync_after_commit
         self._on_conflict = on_conflict
@@ -106,8 +118,8 @@ class IndexWriter:
         try:
             if not self._sync_after_commit:
                 self._sync()  # the files first: a durable row never points at a lost file
-            with self._sessions() as session, session.begin():
-                outcomes = [self._apply(session, req) for req, _ in batch]
+            with self._engine.begin() as conn:
+                outcomes = [self._apply(conn, req) for req, _ in batch]
             if self._sync_after_commit:
                 # One flush makes the batch's files and the SQLite WAL durable together;
                 # a crash before it loses only unacknowledged work (see Archive._recover).
@@ -137,79 +149,71 @@ class IndexWriter:
         self._study_cache.clear()
         self._patient_cache.clear()
 
-    def _apply(self, session: Session, req: IndexRequest) -> IndexOutcome:
+    def _apply(self, conn: Connection, req: IndexRequest) -> IndexOutcome:
+        # Core statements rather than ORM objects: this runs once per stored instance
+        # and the ORM's unit of work cost more than the SQL itself.
         parsed = req.parsed
         now = datetime.now(UTC)
-        existing = session.scalar(
-            select(Instance).where(Instance.sop_instance_uid == parsed.sop_instance_uid)
-        )
-        values = parsed.index_values()
+        existing = conn.execute(_FIND_INSTANCE, {"uid": parsed.sop_instance_uid}).first()
+        values = parsed.values
         values["study"]["trial_code"] = req.source.get("trial", "")[:64]
         values["study"]["site_code"] = req.source.get("site", "")[:64]
-        owner = self._study_owner(session, values["study"]["study_instance_uid"])
+        owner = self._study_owner(conn, values["study"]["study_instance_uid"])
         if owner is not None and req.source.get("scoped") and owner != (
             values["study"]["trial_code"],
             values["study"]["site_code"],
         ):
             # A scoped sender may not add to (or replace in) another trial's or site's study.
             return IndexOutcome("out-of-scope")
-        if existing is not None:
-            if existing.sha256 == parsed.sha256:
-                return IndexOutcome("duplicate")
-            if self._on_conflict == "reject":
-                return IndexOutcome("conflict", previous_sha256=existing.sha256)
-            session.add(
-                InstanceVersion(
-                    sop_instance_uid=existing.sop_instance_uid,
-                    version=existing.version,
-                    sha256=existing.sha256,
-                    storage_key=existing.storage_key,
-                    size=existing.size,
-                    received_at=existing.received_at,
-                    superseded_at=now,
-                )
-            )
-            series_pk, new_series = self._series_pk(session, values, now)
-            for key, value in values["instance"].items():
-                setattr(existing, key, value)
-            existing.series_pk = series_pk
-            existing.storage_key = req.storage_key
-            existing.version += 1
-            existing.received_at = now
-            existing.calling_ae = req.source.get("calling_ae", "")[:16]
-            existing.remote_address = req.source.get("remote_address", "")[:64]
-            existing.interface = req.source.get("interface", "")[:16]
-            return IndexOutcome("versioned", new_series=new_series, previous_sha256=existing.sha256)
-        series_pk, new_series = self._series_pk(session, values, now)
-        session.add(
-            Instance(
-                **values["instance"],
-                series_pk=series_pk,
-                storage_key=req.storage_key,
-                version=1,
-                received_at=now,
-                calling_ae=req.source.get("calling_ae", "")[:16],
-                remote_address=req.source.get("remote_address", "")[:64],
-                interface=req.source.get("interface", "")[:16],
+        if existing is not None and existing.sha256 == parsed.sha256:
+            return IndexOutcome("duplicate")
+        if existing is not None and self._on_conflict == "reject":
+            return IndexOutcome("conflict", previous_sha256=existing.sha256)
+        series_pk, new_series = self._series_pk(conn, values, now)
+        row = dict(
+            values["instance"],
+            series_pk=series_pk,
+            storage_key=req.storage_key,
+            received_at=now,
+            calling_ae=req.source.get("calling_ae", "")[:16],
+            remote_address=req.source.get("remote_address", "")[:64],
+            interface=req.source.get("interface", "")[:16],
+        )
+        if existing is None:
+            conn.execute(_INSERT_INSTANCE, dict(row, version=1))
+            return IndexOutcome("stored", new_series=new_series)
+        conn.execute(
+            insert(InstanceVersion).values(
+                sop_instance_uid=parsed.sop_instance_uid,
+                version=existing.version,
+                sha256=existing.sha256,
+                storage_key=existing.storage_key,
+                size=existing.size,
+                received_at=existing.received_at,
+                superseded_at=now,
             )
         )
-        session.flush()
-        return IndexOutcome("stored", new_series=new_series)
+        conn.execute(
+            update(Instance)
+            .where(Instance.id == existing.id)
+            .values(dict(row, version=existing.version + 1))
+        )
+        return IndexOutcome("versioned", new_series=new_series, previous_sha256=existing.sha256)
 
     def _series_pk(
-        self, session: Session, values: dict[str, dict[str, Any]], now: datetime
+        self, conn: Connection, values: dict[str, dict[str, Any]], now: datetime
     ) -> tuple[int, bool]:
         uid = values["series"]["series_instance_uid"]
         cached = self._series_cache.get(uid)
         if cached is not None:
             return cached, False
-        found = session.scalar(select(Series).where(Series.series_instance_uid == uid))
+        found = conn.scalar(select(Series.id).where(Series.series_instance_uid == uid))
         if found is not None:
-            self._series_cache[uid] = found.id
-            return found.id, False
-        study_pk = self._study_pk(session, values, now)
+            self._series_cache[uid] = found
+            return found, False
+        study_pk = self._study_pk(conn, values, now)
         pk = _get_or_create(
-            session,
+            conn,
             Series,
             Series.series_instance_uid == uid,
             dict(values["series"], study_pk=study_pk, created_at=now),
@@ -217,12 +221,12 @@ class IndexWriter:
         self._series_cache[uid] = pk
         return pk, True
 
-    def _study_owner(self, session: Session, uid: str) -> tuple[str, str] | None:
+    def _study_owner(self, conn: Connection, uid: str) -> tuple[str, str] | None:
         """(trial, site) of a stored study, None when the study is new."""
         cached = self._study_cache.get(uid)
         if cached is not None:
             return cached[1], cached[2]
-        row = session.execute(
+        row = conn.execute(
             select(Study.id, Study.trial_code, Study.site_code).where(
                 Study.study_instance_uid == uid
             )
@@ -232,15 +236,15 @@ class IndexWriter:
         self._study_cache[uid] = (row[0], row[1], row[2])
         return row[1], row[2]
 
-    def _study_pk(self, session: Session, values: dict[str, dict[str, Any]], now: datetime) -> int:
+    def _study_pk(self, conn: Connection, values: dict[str, dict[str, Any]], now: datetime) -> int:
         study = values["study"]
         uid = study["study_instance_uid"]
         cached = self._study_cache.get(uid)
         if cached is not None:
             return cached[0]
-        patient_pk = self._patient_pk(session, values, now)
+        patient_pk = self._patient_pk(conn, values, now)
         pk = _get_or_create(
-            session,
+            conn,
             Study,
             Study.study_instance_uid == uid,
             dict(study, patient_pk=patient_pk, created_at=now),
@@ -249,7 +253,7 @@ class IndexWriter:
         return pk
 
     def _patient_pk(
-        self, session: Session, values: dict[str, dict[str, Any]], now: datetime
+        self, conn: Connection, values: dict[str, dict[str, Any]], now: datetime
     ) -> int:
         pv = values["patient"]
         key = (pv["patient_id"], pv["issuer_of_patient_id"])
@@ -257,7 +261,7 @@ class IndexWriter:
         if cached is not None:
             return cached
         pk = _get_or_create(
-            session,
+            conn,
             Patient,
             (Patient.patient_id == key[0]) & (Patient.issuer_of_patient_id == key[1]),
             dict(pv, created_at=now),
@@ -266,22 +270,18 @@ class IndexWriter:
         return pk
 
 
-def _get_or_create(session: Session, model: Any, where: Any, values: dict[str, Any]) -> int:
+def _get_or_create(conn: Connection, model: Any, where: Any, values: dict[str, Any]) -> int:
     """Primary key of the row matching ``where``, inserting it when absent."""
-    found = session.scalar(select(model.id).where(where))
+    found = conn.scalar(select(model.id).where(where))
     if found is not None:
         return int(found)
     try:
-        with session.begin_nested():
-            row = model(**values)
-            session.add(row)
-            session.flush()
-            return int(row.id)
+        with conn.begin_nested():
+            result = conn.execute(insert(model.__table__).values(values))
+            return int(result.inserted_primary_key[0])
     except IntegrityError:
         # Another process created it between our select and insert.
-        found = session.scalar(select(model.id).where(where))
+        found = conn.scalar(select(model.id).where(where))
         if found is None:
             raise
         return int(found)
-    except SQLAlchemyError:
-        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from io import BytesIO
 from typing import Any
 
@@ -18,7 +19,7 @@ from ciams.errors import InvalidInstanceError
 _REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ParsedInstance:
     """What ingest needs of one received instance."""
 
@@ -30,6 +31,11 @@ class ParsedInstance:
     sop_class_uid: str
     study_instance_uid: str
     series_instance_uid: str
+
+    @cached_property
+    def values(self) -> dict[str, dict[str, Any]]:
+        """Column values for each index level (computed once, by the receiving thread)."""
+        return self.index_values()
 
     def index_values(self) -> dict[str, dict[str, Any]]:
         """Column values for each index level."""

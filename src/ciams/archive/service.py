@@ -139,7 +139,7 @@ class Archive:
         self._listeners: list[CommitListener] = []
         self._listener_lock = threading.Lock()
         self._writer = IndexWriter(
-            self.sessions,
+            self.engine,
             on_conflict=settings.archive.on_conflict,
             batch_max=settings.archive.index_batch_max,
             on_commit=self._notify,
@@ -226,6 +226,7 @@ class Archive:
             parsed = parse_instance(data)
             for guard in self._guards:
                 guard(parsed, source)
+            parsed.values  # noqa: B018 - index values are computed here, off the writer thread
         except CiamsError as exc:
             return self._reject(data, exc, source, parsed=None)
         ids = {

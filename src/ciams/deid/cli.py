@@ -68,6 +68,8 @@ def deid_command(
 ) -> None:
     """De-identify DICOM files with a trial recipe (PS3.15 Annex E + trial rules)."""
     console = Console(stderr=True)
+    # decoder failures are reported per file (quarantine reason), not as tracebacks
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
         rec = load_recipe(recipe) if recipe else default_recipe()
         subject_map = load_subjects(subjects) if subjects else {}
