@@ -208,7 +208,7 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    auth_headers: dict[str, str] = {}  # noqa: RUF012 - no authentication on loopback
+    auth_headers: dict[str, str] = {}  # no authentication on loopback
 
     @property
     def dicomweb_url(self) -> str:

@@ -206,9 +206,12 @@ def import_(
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
     jobs: Annotated[int, typer.Option(help="Parallel readers.")] = 4,
+    trial: Annotated[str, typer.Option(help="Trial code the studies belong to.")] = "",
+    site: Annotated[str, typer.Option(help="Site code the studies belong to.")] = "",
 ) -> None:
     """Import DICOM files into the archive (same checks as network ingest)."""
-    from ciams.archive import Archive, IngestResult
+    from ciams.archive import IngestResult
+    from ciams.server import open_archive
 
     settings = _settings(config, data_dir, database_url)
     inputs = list(_iter_inputs(paths))
@@ -223,10 +226,11 @@ def import_(
             data = _read_input(item)
         except (OSError, zipfile.BadZipFile, KeyError) as exc:
             return label, IngestResult(status="failed", reason=f"cannot read: {exc}")
-        return label, archive.ingest(data, {"interface": "import", "path": label[-200:]})
+        source = {"interface": "import", "path": label[-200:], "trial": trial, "site": site}
+        return label, archive.ingest(data, source)
 
     try:
-        archive = Archive(settings)
+        archive = open_archive(settings)
     except CiamsError as exc:
         raise _fail(exc) from exc
     with archive, _progress() as progress:

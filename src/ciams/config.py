@@ -122,6 +122,16 @@ class TlsSettings(BaseModel):
         return self.cert_file is not None and self.key_file is not None
 
 
+class DeidSettings(BaseModel):
+    """De-identification at the central ingest."""
+
+    trial_recipes: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Trial code -> recipe YAML whose de-identification every instance of "
+        "that trial must show on arrival ('*' = every trial); others are quarantined.",
+    )
+
+
 class Settings(BaseSettings):
     """All CIAMS settings."""
 
@@ -140,6 +150,7 @@ class Settings(BaseSettings):
     tasks: TaskSettings = Field(default_factory=TaskSettings)  # type: ignore[arg-type]
     access: AccessSettings = Field(default_factory=AccessSettings)  # type: ignore[arg-type]
     tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
+    deid: DeidSettings = Field(default_factory=DeidSettings)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(

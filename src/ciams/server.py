@@ -17,9 +17,24 @@ import uvicorn
 
 from ciams.archive import Archive
 from ciams.config import Settings
-from ciams.errors import ConfigError
+from ciams.errors import CiamsError, ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def open_archive(settings: Settings) -> Archive:
+    """The archive with every ingest guard the settings ask for (server and CLI alike)."""
+    from ciams.deid.guard import ingest_guard
+
+    archive = Archive(settings)
+    try:
+        guard = ingest_guard(settings.deid.trial_recipes)
+    except CiamsError:
+        archive.close()
+        raise
+    if guard is not None:
+        archive.add_guard(guard)
+    return archive
 
 
 class Server:
@@ -31,7 +46,7 @@ class Server:
         from ciams.web import create_app
 
         self.settings = settings
-        self.archive = Archive(settings)
+        self.archive = open_archive(settings)
         self.tasks = tasks.TaskRunner(settings, self.archive)
         self.dicom = DicomServer(self.archive, settings)
         self.app = create_app(self.archive, settings)

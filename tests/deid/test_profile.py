@@ -128,3 +128,20 @@ def test_conflicting_date_options_refused() -> None:
         compile_profile([Option.RETAIN_LONG_FULL_DATES, Option.RETAIN_LONG_MODIFIED_DATES])
     with pytest.raises(RecipeError):
         compile_profile([], keep=["NoSuchKeyword"])
+
+
+def test_generated_dictionary_is_current() -> None:
+    from ciams.deid._standard import dictionary
+    from ciams.deid._standard.generate import generate_dictionary
+
+    assert Path(dictionary.__file__).read_text(encoding="utf-8") == generate_dictionary()
+
+
+def test_command_starts_without_pydicom() -> None:
+    """The byte path needs neither pydicom nor numpy: ``ciams deid`` starts faster."""
+    import subprocess
+    import sys
+
+    code = "import sys, ciams.deid.cli; print('pydicom' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -159,9 +159,14 @@ class IndexWriter:
         values["study"]["trial_code"] = req.source.get("trial", "")[:64]
         values["study"]["site_code"] = req.source.get("site", "")[:64]
         owner = self._study_owner(conn, values["study"]["study_instance_uid"])
-        if owner is not None and req.source.get("scoped") and owner != (
-            values["study"]["trial_code"],
-            values["study"]["site_code"],
+        if (
+            owner is not None
+            and req.source.get("scoped")
+            and owner
+            != (
+                values["study"]["trial_code"],
+                values["study"]["site_code"],
+            )
         ):
             # A scoped sender may not add to (or replace in) another trial's or site's study.
             return IndexOutcome("out-of-scope")

@@ -309,9 +309,7 @@ class Archive:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def find(
-        self, query: FindQuery, *, scope: Scope = EVERYTHING
-    ) -> list[Dataset]:
+    def find(self, query: FindQuery, *, scope: Scope = EVERYTHING) -> list[Dataset]:
         """Matching datasets with the requested return keys (indexed ones from the index,
         the others from a stored file of the matched object)."""
         with self.sessions() as session:

@@ -21,16 +21,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydicom import Dataset, config
-from pydicom.errors import InvalidDicomError
+from typing import TYPE_CHECKING, Any
 
 from ciams.deid.engine import Deidentifier
 from ciams.deid.errors import LeakDetectedError
 from ciams.deid.fastpath import FileRange
 from ciams.deid.recipe import Recipe
 from ciams.errors import CiamsError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger(__name__)
 QUARANTINE = "quarantine"
@@ -51,7 +51,7 @@ class Outcome:
     """What happened to one input."""
 
     name: str
-    status: str  # deidentified | duplicate | quarantined | skipped
+    status: str  # deidentified | duplicate | quarantined | skipped | failed
     output: str = ""
     reason: str = ""
     code: str = ""
@@ -106,8 +106,7 @@ def _init_worker(
         # few reference cycles are made per file: collect rarely, and the objects
         # inherited from the parent were frozen before the fork (no copy-on-write by GC)
         gc.set_threshold(50_000, 20, 20)
-        config.settings.reading_validation_mode = config.IGNORE
-        config.settings.writing_validation_mode = config.IGNORE
+        _WORKER["relaxed"] = True
     _WORKER["deid"] = Deidentifier(recipe, subjects, secret, site=site)
     _WORKER["output"] = Path(output)
 
@@ -208,7 +207,20 @@ class _DicomDir(Exception):
     """The file is a DICOMDIR."""
 
 
+#: errors that mean "this is not a readable DICOM file" rather than a failure of ours
+_UNREADABLE = (_NotComposite, ValueError, EOFError, OSError, KeyError, TypeError)
+
+
 def _accept(ds: Dataset) -> None:
+    """Refuse DICOMDIRs and non-composite files before the dataset path runs."""
+    if _WORKER.get("relaxed") and not _WORKER.get("relaxed_done"):
+        # our own worker process: skip pydicom's per-value validation (the leak guard
+        # and the writer check what matters), it costs a third of the dataset path
+        from pydicom import config
+
+        config.settings.reading_validation_mode = config.IGNORE
+        config.settings.writing_validation_mode = config.IGNORE
+        _WORKER["relaxed_done"] = True
     if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":
         raise _DicomDir
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
@@ -244,15 +256,14 @@ def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
     except CiamsError as exc:
         where = quarantine(output, item, original(), str(exc), exc.code)
         return Outcome(item.name, "quarantined", where, exc.message, exc.code)
-    except (
-        _NotComposite,
-        InvalidDicomError,
-        ValueError,
-        EOFError,
-        OSError,
-        KeyError,
-        TypeError,
-    ) as exc:
+    except _DicomDir:
+        return Outcome(item.name, "skipped", reason="DICOMDIR (rebuilt, not copied)")
+    except Exception as exc:  # a broken file must not stop the batch
+        if not isinstance(exc, _UNREADABLE) and type(exc).__name__ != "InvalidDicomError":
+            log.debug("de-identification failed", exc_info=True)
+            reason = f"cannot de-identify: {type(exc).__name__}: {exc}"
+            where = quarantine(output, item, original(), reason, "deid-error")
+            return Outcome(item.name, "quarantined", where, reason, "deid-error")
         if isinstance(exc, OSError) and item.member is None and not Path(item.path).exists():
             return Outcome(item.name, "skipped", reason=f"cannot read: {exc}")
         if original()[128:132] == b"DICM" or item.name.lower().endswith(".dcm"):
@@ -260,15 +271,16 @@ def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
             where = quarantine(output, item, original(), reason, "deid-unreadable")
             return Outcome(item.name, "quarantined", where, reason, "deid-unreadable")
         return Outcome(item.name, "skipped", reason="not DICOM")
-    except _DicomDir:
-        return Outcome(item.name, "skipped", reason="DICOMDIR (rebuilt, not copied)")
-    except Exception as exc:  # a broken file must not stop the batch
-        log.debug("de-identification failed", exc_info=True)
-        reason = f"cannot de-identify: {type(exc).__name__}: {exc}"
-        where = quarantine(output, item, original(), reason, "deid-error")
-        return Outcome(item.name, "quarantined", where, reason, "deid-error")
     assert result.parts is not None
-    state = _write_new(output / result.filename, result.parts)
+    try:
+        state = _write_new(output / result.filename, result.parts)
+    except OSError as exc:
+        reason = f"cannot write {result.filename}: {exc}"
+        try:
+            where = quarantine(output, item, original(), reason, "deid-write")
+        except OSError:  # neither output nor quarantine writable: say so loudly
+            return Outcome(item.name, "failed", reason=reason)
+        return Outcome(item.name, "quarantined", where, reason, "deid-write")
     if state == "conflict":
         reason = f"{result.filename} exists with different content"
         where = quarantine(output, item, original(), reason, "deid-conflict")

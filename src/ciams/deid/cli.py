@@ -3,7 +3,8 @@
 Exit status: 0 when every DICOM input was de-identified (non-DICOM files are
 skipped and listed), 2 when anything was quarantined (the summary and
 ``OUTPUT/quarantine/*.reason.json`` say why), 1 for a usage error (bad recipe,
-unreadable subjects file).  The trial secret comes from ``--secret-file`` or the
+unreadable subjects file) or when an input could be neither written nor
+quarantined (disk full, permissions).  The trial secret comes from ``--secret-file`` or the
 ``CIAMS_DEID_SECRET`` environment variable; without one a random secret is used for
 this run only, so UIDs, date shifts and generated codes will not match other runs.
 """
@@ -103,7 +104,7 @@ def deid_command(
     table = Table(title=f"ciams deid — recipe {rec.label}")
     table.add_column("result")
     table.add_column("count", justify="right")
-    for status in ("deidentified", "duplicate", "quarantined", "skipped"):
+    for status in ("deidentified", "duplicate", "quarantined", "skipped", "failed"):
         table.add_row(status, str(summary.count(status)))
     console.print(table)
     if summary.quarantined:
@@ -121,6 +122,9 @@ def deid_command(
             writer.writerow(["patient_id", "subject_id"])
             writer.writerows(new)
         console.print(f"{len(new)} new subject code(s) written to {path} (keep it at the site)")
+    if summary.count("failed"):
+        console.print("[red]some inputs could be neither written nor quarantined[/]")
+        raise typer.Exit(1)
     if summary.quarantined:
         raise typer.Exit(2)
 

@@ -15,26 +15,17 @@ as read, which keeps the engine fast and the output byte-faithful.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydicom import Dataset
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.sequence import Sequence
-from pydicom.uid import (
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from typing import TYPE_CHECKING, Any, cast
 
 from ciams.deid import pixels as pixel_ops
 from ciams.deid._standard.annex_e import EDITION
 from ciams.deid.dates import age_string, offset_days, shift_da, shift_dt
+from ciams.deid.encoding import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
 from ciams.deid.errors import Leak, LeakDetectedError, UnknownSubjectError
 from ciams.deid.fastpath import FastPath, FastResult, FileRange
 from ciams.deid.leaks import LeakScanner, identifier_tokens, value_bytes
@@ -56,12 +47,37 @@ from ciams.deid.profile import (
     Option,
     compile_profile,
 )
-from ciams.deid.reader import read_fast
 from ciams.deid.recipe import MATCH_KEYS, Recipe, Rule, default_recipe
 from ciams.deid.uids import UidMapper, derive_int
-from ciams.deid.writer import serialize_parts
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+    from pydicom.dataelem import DataElement, RawDataElement
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 log = logging.getLogger(__name__)
+
+
+def _load_pydicom() -> None:
+    """Import pydicom for the dataset path only: the byte path starts faster without it."""
+    if "DataElement" in globals():
+        return
+    from pydicom import Dataset
+    from pydicom.dataelem import DataElement, RawDataElement
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    globals().update(
+        Dataset=Dataset,
+        DataElement=DataElement,
+        RawDataElement=RawDataElement,
+        Sequence=Sequence,
+        ExplicitVRBigEndian=ExplicitVRBigEndian,
+        ExplicitVRLittleEndian=ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian=ImplicitVRLittleEndian,
+    )
+
 
 DUMMIES: dict[str, Any] = {
     "PN": "ANONYMIZED",
@@ -101,9 +117,6 @@ CODE_VALUE, CODE_MEANING, LONG_CODE_VALUE = 0x00080100, 0x00080104, 0x00080119
 BIRTH_DATE = 0x00100030
 REFERENCE_DATES = (0x00080020, 0x00080021, 0x00080022, 0x00080023)
 BURNED_IN = 0x00280301
-IMPLEMENTATION_VERSION = "CIAMS_DEID_1"
-#: Implementation Class UID of the CIAMS de-identifier (PS3.7 D.3.3.2), under 2.25.
-IMPLEMENTATION_UID = "2.25.147151595034982586039724809798337388800"
 #: Fragments removed from cleaned text (dates, long numbers) besides source identifiers.
 CLEAN_PATTERNS = re.compile(
     r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b|\b\d{5,}\b"
@@ -131,6 +144,10 @@ class Redaction:
             "height": self.height,
             "source": self.source,
         }
+
+
+#: ``(tag, VR, value)`` of an attribute the engine writes into every output
+Stamp = tuple[int, str, "str | list[str] | list[tuple[str, str, str]]"]
 
 
 @dataclass
@@ -170,6 +187,8 @@ class DeidResult:
             data = self.data
             if data is None:
                 raise ValueError("the result holds neither a dataset nor data")
+            from ciams.deid.reader import read_fast
+
             self._dataset = read_fast(data)
         return self._dataset
 
@@ -285,6 +304,7 @@ class Deidentifier:
         Raises :class:`UnknownSubjectError`, :class:`LeakDetectedError` (the result is
         attached as ``exc.result``) or :class:`~ciams.deid.errors.PixelRedactionError`.
         """
+        _load_pydicom()
         pid = str(ds.get("PatientID", "") or "").strip()
         subject, new = self.subject_for(pid)
         match_values = self._match_values(ds)
@@ -319,6 +339,8 @@ class Deidentifier:
         if self.verify:
             self._verify(ds, ctx, profile, result)
         else:
+            from ciams.deid.writer import serialize_parts
+
             result.parts = serialize_parts(ds)
         return result
 
@@ -367,6 +389,8 @@ class Deidentifier:
         """
         fast = self._fast.run(data)
         if fast is None:
+            from ciams.deid.reader import read_fast
+
             ds = read_fast(data)
             if accept is not None:
                 accept(ds)
@@ -575,20 +599,43 @@ class Deidentifier:
             ds.ClinicalTrialSubjectID = subject
         self._file_meta(ds)
 
-    def _make_stamps(self, profile: CompiledProfile, pixel_cleaned: bool) -> list[DataElement]:
+    def stamp_spec(self, profile: CompiledProfile, pixel_cleaned: bool) -> list[Stamp]:
+        """The attributes every output gets (PS3.3 C.7.1.1, CID 7050), as plain values:
+        ``(tag, VR, value)``; a sequence's value is a list of ``(code, scheme, meaning)``."""
         codes = ["basic", *sorted(profile.options)]
-        stamps = [DataElement(0x00120062, "CS", "YES"), DataElement(0x00120063, "LO", self._method)]
+        spec: list[Stamp] = [(0x00120062, "CS", "YES"), (0x00120063, "LO", list(self._method))]
         if pixel_cleaned:
             codes.insert(1, "clean_pixel_data")
-            stamps.append(DataElement(BURNED_IN, "CS", "NO"))
-        stamps.append(DataElement(0x00120064, "SQ", Sequence([_method_item(k) for k in codes])))
+            spec.append((BURNED_IN, "CS", "NO"))
+        items = [(OPTION_CODES[k][0], "DCM", OPTION_CODES[k][1][:64]) for k in codes]
+        spec.append((0x00120064, "SQ", items))
         if Option.RETAIN_LONG_MODIFIED_DATES in profile.options:
             modified = "MODIFIED"
         elif Option.RETAIN_LONG_FULL_DATES in profile.options:
             modified = "UNMODIFIED"
         else:
             modified = "REMOVED"
-        stamps.append(DataElement(0x00280303, "CS", modified))
+        spec.append((0x00280303, "CS", modified))
+        return sorted(spec)
+
+    def _make_stamps(self, profile: CompiledProfile, pixel_cleaned: bool) -> list[DataElement]:
+        from pydicom import Dataset
+        from pydicom.dataelem import DataElement
+        from pydicom.sequence import Sequence
+
+        stamps = []
+        for tag, vr, value in self.stamp_spec(profile, pixel_cleaned):
+            if vr == "SQ":
+                items = []
+                for code, scheme, meaning in cast("list[tuple[str, str, str]]", value):
+                    item = Dataset()
+                    item.CodeValue = code
+                    item.CodingSchemeDesignator = scheme
+                    item.CodeMeaning = meaning
+                    items.append(item)
+                stamps.append(DataElement(tag, "SQ", Sequence(items)))
+            else:
+                stamps.append(DataElement(tag, vr, value))
         return stamps
 
     def _file_meta(self, ds: Dataset) -> None:
@@ -615,8 +662,8 @@ class Deidentifier:
             DataElement(0x00020002, "UI", sop_class),
             DataElement(0x00020003, "UI", sop_instance),
             DataElement(0x00020010, "UI", syntax),
-            copy.copy(_IMPL_UID),
-            copy.copy(_IMPL_VERSION),
+            DataElement(0x00020012, "UI", IMPLEMENTATION_UID),
+            DataElement(0x00020013, "SH", IMPLEMENTATION_VERSION),
         ):
             meta[elem.tag] = elem
         ds.file_meta = meta
@@ -630,6 +677,8 @@ class Deidentifier:
             ignore=self._verify_ignore(ctx.subject),
             dates_shifted=Option.RETAIN_LONG_MODIFIED_DATES in profile.options,
         )
+        from ciams.deid.writer import serialize_parts
+
         header, pixel = serialize_parts(ds)
         result.parts = (header, pixel)
         if scanner.scan_bytes(header):
@@ -658,8 +707,6 @@ class Deidentifier:
         raise exc
 
 
-_IMPL_UID = DataElement(0x00020012, "UI", IMPLEMENTATION_UID)
-_IMPL_VERSION = DataElement(0x00020013, "SH", IMPLEMENTATION_VERSION)
 _NAMES = {
     KEEP: "keep",
     REMOVE: "remove",
@@ -707,21 +754,6 @@ def _text(ds: Dataset, tag: int) -> str | None:
     if not raw:
         return None
     return raw.decode("ascii", "replace").strip("\0 ") or None
-
-
-@functools.lru_cache(maxsize=64)
-def _method_item_bytes(key: str) -> tuple[str, str]:
-    value, meaning = OPTION_CODES[key]
-    return value, meaning[:64]
-
-
-def _method_item(key: str) -> Dataset:
-    value, meaning = _method_item_bytes(key)
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = "DCM"
-    item.CodeMeaning = meaning
-    return item
 
 
 def _dummy_code() -> Dataset:

@@ -24,6 +24,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ciams.deid import pixels as pixel_ops
 from ciams.deid.dates import age_string, offset_days, shift_da, shift_dt
+from ciams.deid.encoding import (
+    IMPLEMENTATION_UID,
+    IMPLEMENTATION_VERSION,
+    PREAMBLE,
+    file_meta_bytes,
+)
 from ciams.deid.leaks import identifier_tokens
 from ciams.deid.profile import (
     AGE,
@@ -42,11 +48,8 @@ from ciams.deid.profile import (
     UID,
     CompiledProfile,
 )
-from ciams.deid.writer import _PREAMBLE, _encode_text, _file_meta
 
 if TYPE_CHECKING:
-    from pydicom import Dataset
-
     from ciams.deid.engine import Deidentifier
     from ciams.deid.recipe import Rule
 
@@ -418,14 +421,22 @@ class FastPath:
             raise Decline
         new_sop = sop[8:].rstrip(b"\0 ").decode("ascii")
         sop_class = text(0x00080016) or "1.2.840.10008.5.1.4.1.1.7"
-        meta = _meta_dataset(sop_class, new_sop, syntax.decode("ascii"))
+        meta = file_meta_bytes(
+            {
+                2: sop_class,
+                3: new_sop,
+                0x10: syntax.decode("ascii"),
+                0x12: IMPLEMENTATION_UID,
+                0x13: IMPLEMENTATION_VERSION,
+            }
+        )
         if len(self.pixel) and max(parts) != PIXEL_DATA:
             raise Decline  # the pixel value must come last to be written apart
         body = [parts[tag] for tag in sorted(parts)]
         # patterns (e-mail, phone, ...) are looked for in text values and sequences only
         text_blob = b"".join(raw for raw in body if raw[4:6] in _TEXT_VRB)
         pixel = self.pixel
-        header = _PREAMBLE + _file_meta(meta) + b"".join(body)
+        header = PREAMBLE + meta + b"".join(body)
         counts = Counter({_NAME[k]: v for k, v in self.counts.items()})
         return FastResult(
             header,
@@ -586,22 +597,29 @@ class FastPath:
         key = (profile.options, subject)
         found = self._stamp_cache.get(key)
         if found is None:
-            from pydicom import Dataset
-            from pydicom.dataelem import DataElement
-
-            from ciams.deid.writer import _encode
-
-            elems = [
-                *self.engine._make_stamps(profile, False),
-                DataElement(PATIENT_NAME, "PN", subject),
-                DataElement(PATIENT_ID, "LO", subject),
-            ]
-            encodings = ["iso8859"] if self.encoding == "latin-1" else ["utf-8"]
             found = []
-            for elem in elems:
-                single = Dataset()
-                single[elem.tag] = elem
-                found.append((int(elem.tag), b"".join(_encode(single, encodings, False)[0])))
+            for tag, vr, value in self.engine.stamp_spec(profile, False):
+                if vr == "SQ":
+                    items = []
+                    for code, scheme, meaning in cast("list[tuple[str, str, str]]", value):
+                        body = (
+                            _element(0x00080100, "SH", code.encode())
+                            + _element(0x00080102, "SH", scheme.encode())
+                            + _element(0x00080104, "LO", meaning.encode())
+                        )
+                        items.append(_ITEM.pack(0xFFFE, 0xE000, len(body)) + body)
+                    seq = b"".join(items)
+                    found.append((tag, _LONG.pack(tag >> 16, tag & 0xFFFF, b"SQ", len(seq)) + seq))
+                else:
+                    text = (
+                        "\\".join(cast("list[str]", value))
+                        if isinstance(value, list)
+                        else str(value)
+                    )
+                    found.append((tag, _element(tag, vr, text.encode())))
+            subject_raw = subject.encode(self.encoding)
+            found.append((PATIENT_NAME, _element(PATIENT_NAME, "PN", subject_raw)))
+            found.append((PATIENT_ID, _element(PATIENT_ID, "LO", subject_raw)))
             if len(self._stamp_cache) > 1000:
                 self._stamp_cache.clear()
             self._stamp_cache[key] = found
@@ -656,21 +674,6 @@ def _dummy(vr: str) -> bytes:
     return struct.pack(fmt, value)
 
 
-def _meta_dataset(sop_class: str, sop_instance: str, syntax: str) -> Dataset:
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import UID
-
-    from ciams.deid.engine import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
-    meta.TransferSyntaxUID = UID(syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    return meta
-
-
 _KW = {
     "PixelData": PIXEL_DATA,
     "BurnedInAnnotation": 0x00280301,
@@ -692,4 +695,3 @@ _NAME = {
     SUBJECT: "subject",
     AGE: "age",
 }
-_ = (_encode_text, PATIENT_NAME)

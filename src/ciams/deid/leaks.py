@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-
-from pydicom import Dataset
-from pydicom.datadict import keyword_for_tag
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.sequence import Sequence
+from typing import TYPE_CHECKING
 
 from ciams.deid.errors import Leak, NotDeidentifiedError
 from ciams.deid.profile import (
@@ -34,9 +30,15 @@ from ciams.deid.profile import (
     Option,
     compile_profile,
     describe,
+    keyword_for,
 )
-from ciams.deid.recipe import Recipe
 from ciams.deid.uids import is_well_known
+
+if TYPE_CHECKING:  # pydicom is imported only where datasets are handled
+    from pydicom import Dataset
+    from pydicom.dataelem import DataElement, RawDataElement
+
+    from ciams.deid.recipe import Recipe
 
 #: Patterns searched in every output (over and above the source's own values).
 DEFAULT_PATTERNS: dict[str, str] = {
@@ -84,6 +86,9 @@ VALUE_SPLIT = re.compile(rb"\\")
 
 def value_bytes(elem: DataElement | RawDataElement, encoding: str = "utf-8") -> bytes | None:
     """The value of a non-sequence element as bytes (raw if still raw), or None."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.sequence import Sequence
+
     if isinstance(elem, RawDataElement):
         return bytes(elem.value) if elem.value is not None else None
     value = elem.value
@@ -180,7 +185,7 @@ class LeakScanner:
             tag, component = self.identifiers.get(token, (0, False))
             if (component and coded) or (equipment and tag >> 16 != 0x0010 and tag not in ID_TAGS):
                 continue
-            yield f"identifier:{keyword_for_tag(tag) or describe(tag)}"
+            yield f"identifier:{keyword_for(tag) or describe(tag)}"
         for name, pat in self._patterns.items():
             if pat.search(low):
                 yield f"pattern:{name}"
@@ -206,6 +211,8 @@ class LeakScanner:
         return leaks
 
     def _walk(self, ds: Dataset, prefix: str, leaks: list[Leak]) -> None:
+        from pydicom.dataelem import RawDataElement
+
         for tag in list(ds.keys()):
             if tag == PIXEL_DATA:
                 continue

@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-
 from ciams.deid.errors import PixelRedactionError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and pydicom are imported when pixels are actually touched
+    import numpy as np
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+
     from ciams.deid.recipe import Recipe, Region, Rule
 
 log = logging.getLogger(__name__)
@@ -38,6 +37,8 @@ PAD = 3
 
 def new_file_meta() -> FileMetaDataset:
     """An empty file meta group (PS3.10 7.1) for the writer to fill."""
+    from pydicom.dataset import FileMetaDataset
+
     return FileMetaDataset()
 
 
@@ -67,6 +68,8 @@ def wants_ocr(ds: Dataset, recipe: Recipe, burned_in: str | None, rules: tuple[R
 
 
 def _frames(arr: np.ndarray[Any, Any], ds: Dataset) -> np.ndarray[Any, Any]:
+    import numpy as np
+
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if nframes == 1:
@@ -77,6 +80,8 @@ def _frames(arr: np.ndarray[Any, Any], ds: Dataset) -> np.ndarray[Any, Any]:
 
 
 def _to_gray8(frame: np.ndarray[Any, Any], photometric: str) -> np.ndarray[Any, Any]:
+    import numpy as np
+
     f = frame.astype(np.float32)
     if f.ndim == 3:
         f = f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
@@ -132,6 +137,9 @@ def redact(
     ds: Dataset, regions: list[tuple[str, Region]], *, ocr: bool, recipe: Recipe
 ) -> list[tuple[int | None, int, int, int, int, str]]:
     """Blank ``regions`` and OCR-found text in ``ds``'s pixel data, in place."""
+    import numpy as np
+    from pydicom.uid import ExplicitVRLittleEndian
+
     if "PixelData" not in ds:
         return []
     meta = getattr(ds, "file_meta", None)

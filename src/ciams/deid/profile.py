@@ -31,10 +31,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pydicom._dicom_dict import DicomDictionary
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
-
 from ciams.deid._standard import annex_e
+from ciams.deid._standard.dictionary import DICTIONARY
 from ciams.deid.errors import RecipeError
 from ciams.deid.safe import CLEANED_TEXT_KEYWORDS, SAFE_PRIVATE, SAFE_TEXT_KEYWORDS, TEXT_VRS
 
@@ -208,9 +206,9 @@ def _tag(spec: str | int) -> int:
     if isinstance(spec, int):
         return spec
     text = spec.strip()
-    found = tag_for_keyword(text)
+    found = _KEYWORDS.get(text)
     if found is not None:
-        return int(found)
+        return found
     cleaned = text.strip("()").replace(",", "").replace(" ", "")
     try:
         if len(cleaned) == 8:
@@ -245,7 +243,7 @@ def _base(options: frozenset[str]) -> tuple[dict[int, int], dict[int, str], froz
     actions: dict[int, int] = {}
     vrs: dict[int, str] = {}
     # 1. everything in the public dictionary that is not in Table E.1-1 and is safe
-    for tag, (vr, _vm, _name, _retired, keyword) in DicomDictionary.items():
+    for tag, (vr, keyword) in DICTIONARY.items():
         vrs[tag] = vr
         if tag >> 16 == FILE_META_GROUP:
             continue
@@ -326,7 +324,16 @@ def compile_profile(
     )
 
 
+_KEYWORDS = {keyword: tag for tag, (_vr, keyword) in DICTIONARY.items() if keyword}
+
+
+def keyword_for(tag: int) -> str:
+    """The PS3.6 keyword of a public tag ('' when unknown)."""
+    entry = DICTIONARY.get(tag)
+    return entry[1] if entry else ""
+
+
 def describe(tag: int) -> str:
     """``(gggg,eeee) Keyword`` for messages and reports (never a value)."""
-    kw = keyword_for_tag(tag) or ("private" if (tag >> 16) & 1 else "")
+    kw = keyword_for(tag) or ("private" if (tag >> 16) & 1 else "")
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X}){' ' + kw if kw else ''}"

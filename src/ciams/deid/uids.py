@@ -17,8 +17,7 @@ import hashlib
 import hmac
 import re
 
-from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
-
+from ciams.deid._standard.dictionary import WELL_KNOWN_UIDS
 from ciams.deid.errors import RecipeError
 
 _ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -27,7 +26,7 @@ _STANDARD_PREFIX = "1.2.840.10008."
 
 def is_well_known(uid: str) -> bool:
     """True for UIDs defined by the standard (SOP classes, transfer syntaxes, ...)."""
-    return uid.startswith(_STANDARD_PREFIX) or uid in UID_dictionary
+    return uid.startswith(_STANDARD_PREFIX) or uid in WELL_KNOWN_UIDS
 
 
 class UidMapper:

@@ -18,6 +18,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 
+from ciams.deid.encoding import META_ELEMENTS, PREAMBLE, encode_text, file_meta_bytes
+
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
@@ -25,7 +27,7 @@ _PIXEL_DATA = 0x7FE00010
 _SHORT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<HH2s2xI")
 _ITEM = struct.Struct("<HHI")
-_PREAMBLE = b"\0" * 128 + b"DICM"
+_PREAMBLE = PREAMBLE
 
 
 _TEXT_VRS = frozenset(
@@ -51,37 +53,17 @@ _TEXT_VRS = frozenset(
 )
 
 
-def _encode_text(value: object, vr: str) -> bytes | None:
-    """ASCII string values encoded and padded (PS3.5 6.2); None -> let pydicom do it."""
-    if value is None or value == "":
-        return b""
-    if not isinstance(value, str) or not value.isascii():
-        return None
-    raw = value.encode("ascii")
-    if len(raw) % 2:
-        raw += b"\0" if vr == "UI" else b" "
-    return raw
+_encode_text = encode_text
 
 
 def _file_meta(meta: Dataset) -> bytes:
     """File Meta Information (PS3.10 7.1) with its group length."""
-    body = [_SHORT.pack(2, 1, b"OB", 0)[:-2] + b"\0\0" + struct.pack("<I", 2) + b"\0\1"]
-    for elem_no, vr in (
-        (2, "UI"),
-        (3, "UI"),
-        (0x10, "UI"),
-        (0x12, "UI"),
-        (0x13, "SH"),
-        (0x16, "AE"),
-    ):
+    values = {}
+    for elem_no, _vr in META_ELEMENTS:
         tag = 0x00020000 | elem_no
         if tag in meta:
-            raw = _encode_text(meta[tag].value, vr)
-            if raw is None:
-                raise ValueError("file meta values must be ASCII")
-            body.append(_SHORT.pack(2, elem_no, vr.encode(), len(raw)) + raw)
-    content = b"".join(body)
-    return _SHORT.pack(2, 0, b"UL", 4) + struct.pack("<I", len(content)) + content
+            values[elem_no] = meta[tag].value
+    return file_meta_bytes(values)
 
 
 def _encode(ds: Dataset, encodings: list[str], top: bool) -> tuple[list[bytes], bytes]:
