@@ -27,6 +27,7 @@ from rich.table import Table
 from ciams import __version__
 from ciams.access.cli import audit_app, user_app
 from ciams.config import Settings, dump_default, load_settings
+from ciams.deid.cli import deid_command
 from ciams.errors import CiamsError
 
 app = typer.Typer(
@@ -450,16 +451,7 @@ def quarantine_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     console.print(table)
 
 
-def _register_optional() -> None:
-    """Sub-commands of domains that may not be installed in every build."""
-    try:
-        from ciams.deid.cli import deid_command
-    except ImportError:
-        return
-    app.command("deid")(deid_command)
-
-
-_register_optional()
+app.command("deid")(deid_command)
 
 
 def main() -> None:  # pragma: no cover - console script shim
