@@ -106,6 +106,9 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8080).")] = None,
     dicom_port: Annotated[int | None, typer.Option(help="DICOM port (default 11112).")] = None,
     ae_title: Annotated[str | None, typer.Option(help="Our AE title (default CIAMS).")] = None,
+    dicom_workers: Annotated[
+        int | None, typer.Option(help="DICOM listener processes sharing the port (default 1).")
+    ] = None,
     host: Annotated[
         str | None, typer.Option(help="Address for both listeners (default 127.0.0.1).")
     ] = None,
@@ -121,6 +124,8 @@ def serve(
         dicom["port"] = dicom_port
     if ae_title is not None:
         dicom["ae_title"] = ae_title
+    if dicom_workers is not None:
+        dicom["workers"] = dicom_workers
     if host is not None:
         http["host"] = dicom["host"] = host
     try:

@@ -62,6 +62,13 @@ class DicomSettings(BaseModel):
     )
     network_timeout: float = Field(60.0, description="Seconds before an idle association ends.")
     max_associations: int = Field(32, description="Concurrent associations accepted.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="DICOM listener processes sharing the port (SO_REUSEPORT): more than one "
+        "lets parallel associations use several cores.",
+    )
 
 
 class HttpSettings(BaseModel):

@@ -42,11 +42,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: str = "FULL") ->
     cur.close()
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+def _driver_autocommit(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+
+
+def make_engine(
+    url: str, *, sqlite_synchronous: str = "FULL", sqlite_immediate: bool = False
+) -> Engine:
     """Create an engine; SQLite gets WAL and durability pragmas.
 
     ``sqlite_synchronous="NORMAL"`` is only for a caller that makes commits durable
     itself (the archive flushes the filesystem with syncfs before acknowledging).
+    ``sqlite_immediate`` starts every transaction with ``BEGIN IMMEDIATE``: a writer
+    that reads before it writes then waits for the lock up front instead of failing
+    when another process committed in between (several DICOM worker processes).
     """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
@@ -60,6 +69,10 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             "connect",
             lambda conn, rec: _sqlite_pragmas(conn, rec, synchronous=sqlite_synchronous),
         )
+        if sqlite_immediate:
+            # pysqlite's own BEGIN is deferred; take over transaction control.
+            event.listen(engine, "connect", _driver_autocommit)
+            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 

@@ -18,6 +18,7 @@ import uvicorn
 from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.errors import CiamsError, ConfigError
+from ciams.net.workers import DicomWorkers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Server:
         self.tasks = tasks.TaskRunner(settings, self.archive)
         self.dicom = DicomServer(self.archive, settings)
         self.app = create_app(self.archive, settings)
+        self._workers: DicomWorkers | None = None
         self._http_sock: socket.socket | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -100,8 +102,7 @@ class Server:
     def start(self) -> None:
         """Start every part in background threads; returns when all listen."""
         self.tasks.start()
-        self.dicom_port = self.dicom.start()
-        self.app.state.dicom_port = self.dicom_port
+        self._start_dicom()
         self._http_sock = self._bind_http()
         self._uvicorn = uvicorn.Server(self._uvicorn_config())
         self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -118,6 +119,19 @@ class Server:
                 raise ConfigError("the HTTP server did not start")
             time.sleep(0.02)
 
+    def _start_dicom(self) -> None:
+        self.dicom_port = self.dicom.start()
+        self.app.state.dicom_port = self.dicom_port
+        if self.settings.dicom.workers > 1:
+            self._workers = DicomWorkers(self.settings, self.dicom_port)
+            self._workers.start()
+
+    def _stop_dicom(self) -> None:
+        if self._workers is not None:
+            self._workers.stop()
+            self._workers = None
+        self.dicom.stop()
+
     def stop(self) -> None:
         """Stop all parts and release the archive."""
         if self._uvicorn is not None:
@@ -126,21 +140,20 @@ class Server:
             self._http_thread.join(timeout=10)
         if self._http_sock is not None:
             self._http_sock.close()
-        self.dicom.stop()
+        self._stop_dicom()
         self.tasks.stop()
         self.archive.close()
 
     def run(self) -> None:
         """Run in the foreground until interrupted (Ctrl-C / SIGTERM)."""
         self.tasks.start()
-        self.dicom_port = self.dicom.start()
-        self.app.state.dicom_port = self.dicom_port
+        self._start_dicom()
         sock = self._bind_http()
         server = uvicorn.Server(self._uvicorn_config())
         try:
             server.run(sockets=[sock])
         finally:
             sock.close()
-            self.dicom.stop()
+            self._stop_dicom()
             self.tasks.stop()
             self.archive.close()

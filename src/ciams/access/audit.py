@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ciams.access.models import AuditEvent, AuditHead
@@ -103,7 +105,21 @@ class AuditTrail:
         self._lock = threading.Lock()
 
     def record(self, event: Event) -> int:
-        """Append one event; returns its sequence number."""
+        """Append one event; returns its sequence number.
+
+        Other processes append too (DICOM workers): when one took the next sequence
+        number first, the unique key refuses ours and we chain again from the new head.
+        """
+        for attempt in range(10):
+            try:
+                return self._append(event)
+            except (IntegrityError, OperationalError):
+                if attempt == 9:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _append(self, event: Event) -> int:
         with self._lock, self.sessions() as session, session.begin():
             head = session.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())
             if head is None:

@@ -133,13 +133,20 @@ class Archive:
         )
         db.upgrade(self.engine)
         self.sessions = db.session_factory(self.engine)
+        # The index writer's own engine: immediate transactions, so that several
+        # processes writing one SQLite index wait for each other instead of failing.
+        self._write_engine = db.make_engine(
+            settings.db_url,
+            sqlite_synchronous="NORMAL" if self._sync_after_commit else "FULL",
+            sqlite_immediate=True,
+        )
         self.quarantine = Quarantine(settings.quarantine_dir)
         self._run_marker = self._recover()
         self._guards: list[Guard] = []
         self._listeners: list[CommitListener] = []
         self._listener_lock = threading.Lock()
         self._writer = IndexWriter(
-            self.engine,
+            self._write_engine,
             on_conflict=settings.archive.on_conflict,
             batch_max=settings.archive.index_batch_max,
             on_commit=self._notify,
@@ -150,6 +157,7 @@ class Archive:
     def close(self) -> None:
         """Stop the index writer and release the database."""
         self._writer.close()
+        self._write_engine.dispose()
         self.engine.dispose()
         self._run_marker.unlink(missing_ok=True)
 

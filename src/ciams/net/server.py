@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -74,6 +75,15 @@ QUERY_TRANSFER_SYNTAXES = [
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 ]
+
+
+class SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's server with SO_REUSEPORT, so several processes accept on one port
+    and the kernel spreads new associations over them."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def no_delay(event: Event) -> None:
@@ -148,18 +158,12 @@ class DicomServer:
             (evt.EVT_C_MOVE, self._on_move),
         ]
         try:
-            server = ae.start_server(
-                (cfg.host, cfg.port),
-                block=False,
-                evt_handlers=handlers,
-                ssl_context=self._ssl_context(),
-            )
+            server = self._listen(ae, handlers)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen for DICOM on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
                 hint="choose another dicom.port or stop the program using it",
             ) from exc
-        assert server is not None  # non-blocking start returns the server
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
             # pynetdicom's standard notification handlers format every PDU and DIMSE
             # message for debug logging; unbound, they cost nothing per instance.
@@ -176,6 +180,29 @@ class DicomServer:
         self.port = int(server.server_address[1])
         log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.host, self.port)
         return self.port
+
+    def _listen(self, ae: AE, handlers: list[Any]) -> ThreadedAssociationServer:
+        """``AE.start_server(block=False)``, with a shared port when there are workers."""
+        cfg = self.settings.dicom
+        address = (cfg.host, cfg.port)
+        if cfg.workers <= 1:
+            server = ae.start_server(
+                address, block=False, evt_handlers=handlers, ssl_context=self._ssl_context()
+            )
+            assert server is not None  # non-blocking start returns the server
+            return server
+        server = ae.make_server(
+            address,
+            evt_handlers=handlers,
+            ssl_context=self._ssl_context(),
+            server_class=SharedPortServer,
+        )
+        thread = threading.Thread(
+            target=server.serve_forever, name="ciams-dicom-acceptor", daemon=True
+        )
+        thread.start()
+        ae._servers.append(server)  # so AE.shutdown() stops it like its own
+        return server
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         """DICOM TLS (PS3.15 B.1, the Basic TLS Secure Transport Connection Profile)."""
