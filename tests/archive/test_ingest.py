@@ -209,3 +209,11 @@ def test_live_process_marker_is_left_alone(settings: Settings) -> None:
         with Archive(settings) as second:  # e.g. `ciams ls` while the server runs
             assert len(second.instances(sop_uid=stored.sop_instance_uid)) == 1
         assert len(list((settings.data_dir / "run").glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("key", ["../outside.dcm", "/etc/passwd", "a//b", "a/./b", ""])
+def test_storage_refuses_keys_outside_its_folder(archive: Archive, key: str) -> None:
+    from ciams.errors import StorageError
+
+    with pytest.raises(StorageError, match="invalid storage key"):
+        archive.storage.get(key)

@@ -74,10 +74,18 @@ class LocalStorage:
         self._known_dirs: set[Path] = set()
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents:
-            raise StorageError(f"invalid storage key {key!r}")
-        return path
+        # A string check rather than Path.resolve(): this runs for every read and write.
+        parts = key.split("/")
+        if (
+            not key
+            or key.startswith("/")
+            or "\\" in key
+            or any(p in ("", ".", "..") for p in parts)
+        ):
+            raise StorageError(
+                f"invalid storage key {key!r}", hint="keys are relative paths in the storage folder"
+            )
+        return self.root / key
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         path = self._path(key)
@@ -87,8 +95,13 @@ class LocalStorage:
         parent = path.parent
         try:
             if parent not in self._known_dirs:
+                created = not parent.is_dir()
                 parent.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(parent.parent)
+                if created and durable:
+                    # A new fan-out folder's entry must reach the disk too; without
+                    # ``durable`` the caller's sync() covers it.
+                    _fsync_dir(parent.parent)
+                    _fsync_dir(parent.parent.parent)
                 self._known_dirs.add(parent)
             fd, tmp = tempfile.mkstemp(dir=self._tmp, suffix=".part")
             try:

@@ -41,6 +41,7 @@ from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsError, ConfigError
 from ciams.net.access import DimseAccess
+from ciams.net.part10 import part10
 from ciams.net.query import MODELS, decode_identifier, model_of, parse_find
 from ciams.net.registry import AERegistry
 from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
@@ -233,15 +234,22 @@ class DicomServer:
     # -- service handlers (each maps its outcome to a status in ciams.net.status) ------
 
     def _on_store(self, event: Event) -> Dataset:
-        """EVT_C_STORE: ingest the bytes as received, never decoding the data set."""
+        """EVT_C_STORE: ingest the bytes as received, never decoding the data set
+        (the Part 10 header is framed by :func:`ciams.net.part10.part10`)."""
         try:
             principal = self.access.require(event, "upload")
         except CiamsError as exc:
             return status(exc.dimse_status, exc.message)
         try:
             requestor = event.assoc.requestor
+            request = event.request
             result = self.archive.ingest(
-                event.encoded_dataset(),
+                part10(
+                    str(request.AffectedSOPClassUID),
+                    str(request.AffectedSOPInstanceUID),
+                    str(event.context.transfer_syntax),
+                    request.DataSet.getvalue(),
+                ),
                 {
                     "interface": "dimse",
                     "calling_ae": requestor.ae_title,
