@@ -632,12 +632,21 @@ def profile_cstore(
 
 
 def _proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process and its live children (CIAMS's DICOM workers)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        return round((int(fields[11]) + int(fields[12])) / ticks, 2)
+        total = (int(fields[11]) + int(fields[12])) / ticks
     except OSError:
         return None
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            total += _proc_cpu_seconds(child) or 0.0
+    return round(total, 2)
 
 
 # -- the run -----------------------------------------------------------------------------
