@@ -11,6 +11,29 @@ import struct
 from collections.abc import Mapping
 
 PREAMBLE = b"\0" * 128 + b"DICM"
+
+#: VRs whose values are character strings (PS3.5 6.2)
+TEXT_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
+)
 #: Implementation Class UID of the CIAMS de-identifier (PS3.7 D.3.3.2), under 2.25.
 IMPLEMENTATION_UID = "2.25.147151595034982586039724809798337388800"
 IMPLEMENTATION_VERSION = "CIAMS_DEID_1"

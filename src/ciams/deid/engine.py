@@ -30,6 +30,7 @@ from ciams.deid.errors import Leak, LeakDetectedError, UnknownSubjectError
 from ciams.deid.fastpath import FastPath, FastResult, FileRange
 from ciams.deid.leaks import LeakScanner, identifier_tokens, value_bytes
 from ciams.deid.profile import (
+    ACTION_NAMES,
     AGE,
     CLEAN,
     DUMMY,
@@ -335,7 +336,7 @@ class Deidentifier:
             if "SOPInstanceUID" in ds
             else f"{subject}/{self.uids(str(id(ds)))}.dcm"
         )
-        result.actions = Counter({_NAMES[k]: v for k, v in ctx.counts.items()})
+        result.actions = Counter({ACTION_NAMES[k]: v for k, v in ctx.counts.items()})
         if self.verify:
             self._verify(ds, ctx, profile, result)
         else:
@@ -705,21 +706,6 @@ class Deidentifier:
         )
         exc.result = result  # type: ignore[attr-defined]
         raise exc
-
-
-_NAMES = {
-    KEEP: "keep",
-    REMOVE: "remove",
-    EMPTY: "empty",
-    DUMMY: "dummy",
-    UID: "uid",
-    CLEAN: "clean",
-    SHIFT: "shift",
-    RECURSE: "recurse",
-    DUMMY_SQ: "dummy-sequence",
-    SUBJECT: "subject",
-    AGE: "age",
-}
 
 
 def _scrub(text: str, identifiers: dict[bytes, tuple[int, bool]]) -> str:

@@ -28,10 +28,12 @@ from ciams.deid.encoding import (
     IMPLEMENTATION_UID,
     IMPLEMENTATION_VERSION,
     PREAMBLE,
+    TEXT_VRS,
     file_meta_bytes,
 )
 from ciams.deid.leaks import identifier_tokens
 from ciams.deid.profile import (
+    ACTION_NAMES,
     AGE,
     CLEAN,
     DUMMY,
@@ -60,27 +62,7 @@ _U32 = struct.Struct("<I")
 _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
-_TEXT = frozenset(
-    {
-        "AE",
-        "AS",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "IS",
-        "LO",
-        "LT",
-        "PN",
-        "SH",
-        "ST",
-        "TM",
-        "UC",
-        "UI",
-        "UR",
-        "UT",
-    }
-)
+_TEXT = TEXT_VRS
 _NUMERIC = {
     "US": "<H",
     "SS": "<h",
@@ -437,7 +419,7 @@ class FastPath:
         text_blob = b"".join(raw for raw in body if raw[4:6] in _TEXT_VRB)
         pixel = self.pixel
         header = PREAMBLE + meta + b"".join(body)
-        counts = Counter({_NAME[k]: v for k, v in self.counts.items()})
+        counts = Counter({ACTION_NAMES[k]: v for k, v in self.counts.items()})
         return FastResult(
             header,
             pixel,
@@ -681,17 +663,4 @@ _KW = {
     "SOPClassUID": 0x00080016,
     "ImageType": 0x00080008,
     "ConversionType": 0x00080064,
-}
-_NAME = {
-    KEEP: "keep",
-    REMOVE: "remove",
-    EMPTY: "empty",
-    DUMMY: "dummy",
-    UID: "uid",
-    CLEAN: "clean",
-    SHIFT: "shift",
-    RECURSE: "recurse",
-    DUMMY_SQ: "dummy-sequence",
-    SUBJECT: "subject",
-    AGE: "age",
 }

@@ -18,7 +18,15 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
 
-from ciams.deid.encoding import META_ELEMENTS, PREAMBLE, encode_text, file_meta_bytes
+from ciams.deid.encoding import (
+    META_ELEMENTS,
+    PREAMBLE,
+    encode_text,
+    file_meta_bytes,
+)
+from ciams.deid.encoding import (
+    TEXT_VRS as _TEXT_VRS,
+)
 
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -28,29 +36,6 @@ _SHORT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<HH2s2xI")
 _ITEM = struct.Struct("<HHI")
 _PREAMBLE = PREAMBLE
-
-
-_TEXT_VRS = frozenset(
-    {
-        "AE",
-        "AS",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "IS",
-        "LO",
-        "LT",
-        "PN",
-        "SH",
-        "ST",
-        "TM",
-        "UC",
-        "UI",
-        "UR",
-        "UT",
-    }
-)
 
 
 _encode_text = encode_text
