@@ -67,6 +67,18 @@ def test_import_ls_export_fsck(tmp_path: Path) -> None:
     broken = runner.invoke(app, ["fsck", *data])
     assert broken.exit_code == 1 and "corrupt: 1" in broken.output
 
+    from ciams.access import AuditTrail
+    from ciams.archive import Archive
+    from ciams.config import load_settings
+
+    with Archive(load_settings(data_dir=tmp_path / "data")) as archive:
+        trail = AuditTrail(archive.sessions)
+        exports = trail.events(action="export", obj=study_uid)
+        assert [e.outcome for e in exports] == ["success"]
+        assert "5 instances" in exports[0].detail
+        assert trail.events(action="upload", obj=study_uid)
+        assert trail.verify().ok
+
     q = runner.invoke(app, ["quarantine", "ls", *data])
     assert q.exit_code == 0 and "not a DICOM" in q.output.replace("\n", " ")
 

@@ -74,6 +74,28 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _audit(
+    archive: Any, action: str, objects: tuple[str, ...], detail: str, outcome: str = "success"
+) -> None:
+    """Record what a command did to the archive in the audit trail (as the local admin)."""
+    import getpass
+
+    from ciams.access import AuditTrail, Event
+
+    AuditTrail(archive.sessions).record(
+        Event(
+            action=action,
+            outcome=outcome,
+            username=f"cli:{getpass.getuser()}",
+            role="admin",
+            client="localhost",
+            interface="cli",
+            objects=objects,
+            detail=detail,
+        )
+    )
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -242,11 +264,16 @@ def import_(
     with archive, _progress() as progress:
         task = progress.add_task("importing", total=len(inputs))
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            studies: set[str] = set()
             for label, result in pool.map(one, inputs):
                 counts[result.status] += 1
-                if not result.ok:
+                if result.ok:
+                    studies.add(result.study_instance_uid)
+                else:
                     problems.append((label, result.reason))
                 progress.advance(task)
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        _audit(archive, "upload", tuple(sorted(studies)), f"import: {summary}")
     table = Table(title="import summary")
     table.add_column("outcome")
     table.add_column("files", justify="right")
@@ -336,7 +363,9 @@ def export(
                 study_uid, dest, lambda n, total: progress.update(task, completed=n, total=total)
             )
         except CiamsError as exc:
+            _audit(archive, "export", (study_uid,), f"to {dest}: {exc.message}", "failure")
             raise _fail(exc) from exc
+        _audit(archive, "export", (study_uid,), f"{len(files)} instances to {dest}")
     console.print(f"exported {len(files)} instances to {dest}")
 
 
@@ -389,6 +418,7 @@ def ae_add(
             AERegistry(archive.sessions).add(name, host, port, description=description, owner=owner)
         except CiamsError as exc:
             raise _fail(exc) from exc
+        _audit(archive, "change", (), f"ae add {name} {host}:{port} owner={owner or '-'}")
     console.print(f"registered {name} at {host}:{port}")
 
 
@@ -423,6 +453,8 @@ def ae_remove(
 
     with Archive(_settings(config, data_dir, database_url)) as archive:
         removed = AERegistry(archive.sessions).remove(name)
+        if removed:
+            _audit(archive, "change", (), f"ae remove {name}")
     if not removed:
         err_console.print(f"[red]error:[/red] no remote AE named {name}")
         raise typer.Exit(code=1)
