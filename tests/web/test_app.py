@@ -16,7 +16,10 @@ def test_health(server: Any) -> None:
     body = response.json()
     assert body["status"] == "ok"
     assert body["version"]
-    assert body["counts"]["instances"] == 0
+    assert "counts" not in body  # public: nothing about the archive's content
+    stats = httpx.get(server.http_url + "/api/stats", headers=server.auth)
+    assert stats.json()["counts"]["instances"] == 0
+    assert httpx.get(server.http_url + "/api/stats").status_code == 401
 
 
 def test_landing_page_and_security_headers(server: Any) -> None:

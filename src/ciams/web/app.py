@@ -72,9 +72,14 @@ def create_app(archive: Archive, settings: Settings) -> FastAPI:
 
     @app.get("/api/health", tags=["system"])
     async def health() -> JSONResponse:
-        """Liveness and what the archive holds."""
+        """Liveness (public: says nothing about what the archive holds)."""
+        return JSONResponse({"status": "ok", "version": ciams.__version__})
+
+    @app.get("/api/stats", tags=["system"], dependencies=[access.require("manage")])
+    async def stats() -> JSONResponse:
+        """How many patients, studies, series and instances the archive holds (admins)."""
         counts = await anyio.to_thread.run_sync(archive.counts)
-        return JSONResponse({"status": "ok", "version": ciams.__version__, "counts": counts})
+        return JSONResponse({"counts": counts})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:
