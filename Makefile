@@ -48,6 +48,7 @@ run: $(VENV)/.installed apt-run
 ## make test: set up and run the whole suite on SQLite, then on PostgreSQL
 test: $(VENV)/.installed-test apt-test
 	@$(BIN)/ruff check src tests bench
+	@$(BIN)/mypy src
 	@echo "== test suite on SQLite =="
 	@CIAMS_TEST_DB=sqlite $(BIN)/python -m pytest -q -p no:cacheprovider
 	@echo "== test suite on PostgreSQL =="
@@ -55,6 +56,7 @@ test: $(VENV)/.installed-test apt-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
 	$(BIN)/ruff format --check src tests bench
 
 bench: $(VENV)/.installed-test

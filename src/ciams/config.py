@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     tasks: TaskSettings = Field(default_factory=TaskSettings)  # type: ignore[arg-type]
     access: AccessSettings = Field(default_factory=AccessSettings)  # type: ignore[arg-type]
     tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
-    deid: DeidSettings = Field(default_factory=DeidSettings)  # type: ignore[arg-type]
+    deid: DeidSettings = Field(default_factory=DeidSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -105,7 +105,6 @@ class Server:
         self._start_dicom()
         self._http_sock = self._bind_http()
         self._uvicorn = uvicorn.Server(self._uvicorn_config())
-        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._http_thread = threading.Thread(
             target=self._uvicorn.run,
             kwargs={"sockets": [self._http_sock]},

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -87,7 +87,7 @@ def _utc_text(value: datetime) -> str:
 def _canonical(row: AuditEvent | dict[str, Any]) -> dict[str, Any]:
     get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
     out = {k: get(k) for k in FIELDS}
-    out["at"] = _utc_text(out["at"])
+    out["at"] = _utc_text(cast(datetime, out["at"]))
     return out
 
 
@@ -126,8 +126,9 @@ class AuditTrail:
                 head = AuditHead(id=1, seq=0, hash=GENESIS)
                 session.add(head)
                 session.flush()
-            fields = {
-                "seq": head.seq + 1,
+            seq = head.seq + 1
+            fields: dict[str, Any] = {
+                "seq": seq,
                 "at": datetime.now(UTC),
                 "username": event.username[:64],
                 "role": event.role[:16],
@@ -140,9 +141,9 @@ class AuditTrail:
             }
             digest = chain_hash(head.hash, _canonical(fields))
             session.add(AuditEvent(**fields, prev_hash=head.hash, hash=digest))
-            head.seq = fields["seq"]
+            head.seq = seq
             head.hash = digest
-            return int(fields["seq"])
+            return seq
 
     def verify(self) -> VerifyReport:
         """Walk the chain and report every edited, inserted or deleted event."""

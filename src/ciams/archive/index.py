@@ -283,7 +283,10 @@ def _get_or_create(conn: Connection, model: Any, where: Any, values: dict[str, A
     try:
         with conn.begin_nested():
             result = conn.execute(insert(model.__table__).values(values))
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            if key is None:
+                raise StorageError("the database returned no key for a new row")
+            return int(key[0])
     except IntegrityError:
         # Another process created it between our select and insert.
         found = conn.scalar(select(model.id).where(where))

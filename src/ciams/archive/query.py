@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -313,14 +313,16 @@ def _computed_values(
             )
             out[key] = dict(session.execute(stmt).all())
         elif key in ("ModalitiesInStudy", "SOPClassesInStudy"):
-            col = Series.modality if key == "ModalitiesInStudy" else Instance.sop_class_uid
-            stmt = select(Series.study_pk, col).distinct().where(Series.study_pk.in_(ids("STUDY")))
+            col: Any = Series.modality if key == "ModalitiesInStudy" else Instance.sop_class_uid
+            values_stmt: Any = (
+                select(Series.study_pk, col).distinct().where(Series.study_pk.in_(ids("STUDY")))
+            )
             if key == "SOPClassesInStudy":
-                stmt = stmt.join(Instance, Instance.series_pk == Series.id)
+                values_stmt = values_stmt.join(Instance, Instance.series_pk == Series.id)
             found: dict[int, list[str]] = defaultdict(list)
-            for pk, value in session.execute(stmt).all():
+            for pk, value in session.execute(values_stmt).all():
                 if value:
-                    found[pk].append(value)
+                    found[pk].append(str(value))
             out[key] = {pk: sorted(v) for pk, v in found.items()}
         elif key == "NumberOfSeriesRelatedInstances":
             stmt = (
@@ -408,8 +410,8 @@ def _string_match(
 def _range_match(col: Any, value: str, vr: str) -> ColumnElement[bool]:
     if "-" not in value:
         if vr == "TM":
-            return col == normalize_time(value)
-        return col == value
+            return cast(ColumnElement[bool], col == normalize_time(value))
+        return cast(ColumnElement[bool], col == value)
     low, _, high = value.partition("-")
     low, high = low.strip(), high.strip()
     if vr == "TM":

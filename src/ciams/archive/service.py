@@ -47,6 +47,14 @@ CommitListener = Callable[[list[tuple[IndexRequest, IndexOutcome]]], None]
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
+# Index outcomes that mean the instance is in the archive, as result statuses.
+_ACCEPTED: dict[str, Status] = {
+    "stored": "stored",
+    "duplicate": "duplicate",
+    "versioned": "versioned",
+}
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """What happened to one received instance; each interface maps it to its own status."""
@@ -237,7 +245,7 @@ class Archive:
             parsed.values  # noqa: B018 - index values are computed here, off the writer thread
         except CiamsError as exc:
             return self._reject(data, exc, source, parsed=None)
-        ids = {
+        ids: dict[str, Any] = {
             "sop_instance_uid": parsed.sop_instance_uid,
             "sop_class_uid": parsed.sop_class_uid,
             "study_instance_uid": parsed.study_instance_uid,
@@ -264,7 +272,7 @@ class Archive:
                 f"different content (sha256 {outcome.previous_sha256[:12]}...)"
             )
             return self._reject(data, conflict, source, parsed=parsed, status="conflict")
-        return IngestResult(status=outcome.outcome, **ids)
+        return IngestResult(status=_ACCEPTED[outcome.outcome], **ids)
 
     def _reject(
         self,
@@ -519,10 +527,15 @@ class Archive:
     def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:
         """Re-hash every stored file against the index: missing, corrupt and orphan files."""
         with self.sessions() as session:
-            rows = session.execute(select(Instance.storage_key, Instance.sha256)).all()
-            rows += session.execute(
-                select(InstanceVersion.storage_key, InstanceVersion.sha256)
-            ).all()
+            rows = [
+                (str(key), str(sha))
+                for key, sha in [
+                    *session.execute(select(Instance.storage_key, Instance.sha256)).all(),
+                    *session.execute(
+                        select(InstanceVersion.storage_key, InstanceVersion.sha256)
+                    ).all(),
+                ]
+            ]
         report = FsckReport()
         expected = {key for key, _ in rows}
         for n, (key, sha) in enumerate(rows, 1):

@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -32,6 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
@@ -83,6 +85,7 @@ class SharedPortServer(ThreadedAssociationServer):
     and the kernel spreads new associations over them."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None  # TCPServer made it before binding
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -242,13 +245,13 @@ class DicomServer:
             return status(exc.dimse_status, exc.message)
         try:
             requestor = event.assoc.requestor
-            request = event.request
+            request = cast(C_STORE, event.request)
             result = self.archive.ingest(
                 part10(
                     str(request.AffectedSOPClassUID),
                     str(request.AffectedSOPInstanceUID),
                     str(event.context.transfer_syntax),
-                    request.DataSet.getvalue(),
+                    cast(BytesIO, request.DataSet).getvalue(),
                 ),
                 {
                     "interface": "dimse",

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -89,7 +89,7 @@ class WebAccess:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def register_session_routes(self, app: Any) -> None:
+    def register_session_routes(self, app: FastAPI) -> None:
         """POST /api/login, POST /api/logout, GET /api/me."""
 
         @app.post("/api/login", tags=["session"])
