@@ -66,8 +66,8 @@ class DicomSettings(BaseModel):
         1,
         ge=1,
         le=64,
-        description="DICOM listener processes sharing the port (SO_REUSEPORT): more than one "
-        "lets parallel associations use several cores.",
+        description="DICOM processes: the main one accepts and hands associations round-robin "
+        "to the others, so parallel associations use several cores.",
     )
 
 

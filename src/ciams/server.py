@@ -119,10 +119,12 @@ class Server:
             time.sleep(0.02)
 
     def _start_dicom(self) -> None:
+        if self.settings.dicom.workers > 1:
+            self._workers = DicomWorkers(self.settings)
+            self.dicom.dispatch_to = self._workers.channels
         self.dicom_port = self.dicom.start()
         self.app.state.dicom_port = self.dicom_port
-        if self.settings.dicom.workers > 1:
-            self._workers = DicomWorkers(self.settings, self.dicom_port)
+        if self._workers is not None:
             self._workers.start()
 
     def _stop_dicom(self) -> None:

@@ -36,8 +36,9 @@ def test_https_serves_with_configured_certificate(
 
 
 @pytest.mark.dcmtk
+@pytest.mark.parametrize("workers", [1, 2])
 def test_dicom_tls_with_client_certificates(
-    make_server: Callable[..., Any], tmp_path: Path
+    make_server: Callable[..., Any], tmp_path: Path, workers: int
 ) -> None:
     from ciams.access import Accounts
     from tests.corpus import make_instance, to_bytes
@@ -53,6 +54,7 @@ def test_dicom_tls_with_client_certificates(
             "http": False,
         },
         access={"anonymous_dicom_on_loopback": False},
+        dicom={"workers": workers},  # with 2, every other association is served by a worker
     )
     accounts = Accounts(server.archive.sessions)
     accounts.add_user("gw1", "site", trial="T", site="S1")

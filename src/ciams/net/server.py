@@ -8,6 +8,7 @@ with "calling AE title not recognized" (PS3.8 9.3.4, result 1, source 1, reason 
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import ssl
@@ -80,14 +81,64 @@ QUERY_TRANSFER_SYNTAXES = [
 ]
 
 
-class SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's server with SO_REUSEPORT, so several processes accept on one port
-    and the kernel spreads new associations over them."""
+class DispatchingServer(ThreadedAssociationServer):
+    """The main process's listener with DICOM workers: it accepts every association and
+    hands them round-robin to itself and to the worker processes (the descriptor goes
+    over a Unix socket, SCM_RIGHTS), so N associations land evenly on the processes.
+    The TLS handshake happens in the process that serves the association."""
 
-    def server_bind(self) -> None:
-        assert self.socket is not None  # TCPServer made it before binding
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    channels: list[socket.socket] = []
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        conn, address = self.socket.accept()
+        return conn, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        turn = getattr(self, "_turn", 0)
+        self._turn = (turn + 1) % (len(self.channels) + 1)
+        if turn:
+            try:
+                socket.send_fds(
+                    self.channels[turn - 1],
+                    [json.dumps(list(client_address)).encode()],
+                    [request.fileno()],
+                )
+                request.close()
+                return
+            except OSError:
+                log.warning("DICOM worker %d unreachable; serving the association here", turn)
+        serve_here(self, request, client_address)
+
+
+def serve_here(server: ThreadedAssociationServer, conn: socket.socket, address: Any) -> None:
+    """Serve an accepted connection in this process (TLS handshake first when set)."""
+    if server.ssl_context is not None:
+        try:
+            conn = server.ssl_context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            log.info("TLS handshake with a DICOM peer failed")
+            conn.close()
+            return
+    ThreadedAssociationServer.process_request(server, conn, tuple(address))
+
+
+def receive_associations(server: ThreadedAssociationServer, channel: socket.socket) -> None:
+    """In a DICOM worker: serve the connections the main process hands over, until it
+    closes the channel."""
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(channel, 1024, 1)
+        except OSError:
+            return
+        if not fds:
+            return  # the main process closed the channel
+        conn = socket.socket(fileno=fds[0])
+        try:
+            address = json.loads(message.decode())
+        except ValueError:
+            address = ["", 0]
+        serve_here(server, conn, address)
 
 
 def no_delay(event: Event) -> None:
@@ -106,9 +157,17 @@ def no_delay(event: Event) -> None:
 class DicomServer:
     """The archive's DIMSE side, started and stopped with the server process."""
 
-    def __init__(self, archive: Archive, settings: Settings) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        settings: Settings,
+        *,
+        dispatch_to: list[socket.socket] | None = None,
+    ) -> None:
         self.archive = archive
         self.settings = settings
+        # With DICOM workers: channels to them, to share the accepted associations.
+        self.dispatch_to = dispatch_to or []
         self.registry = AERegistry(archive.sessions)
         self.access = DimseAccess(archive, settings)
         self._ae: AE | None = None
@@ -186,20 +245,21 @@ class DicomServer:
         return self.port
 
     def _listen(self, ae: AE, handlers: list[Any]) -> ThreadedAssociationServer:
-        """``AE.start_server(block=False)``, with a shared port when there are workers."""
+        """``AE.start_server(block=False)``; the main process of DICOM workers dispatches."""
         cfg = self.settings.dicom
         address = (cfg.host, cfg.port)
-        if cfg.workers <= 1:
+        if not self.dispatch_to:
             server = ae.start_server(
                 address, block=False, evt_handlers=handlers, ssl_context=self._ssl_context()
             )
             assert server is not None  # non-blocking start returns the server
             return server
+        server_class = type("Dispatching", (DispatchingServer,), {"channels": self.dispatch_to})
         server = ae.make_server(
             address,
             evt_handlers=handlers,
             ssl_context=self._ssl_context(),
-            server_class=SharedPortServer,
+            server_class=server_class,
         )
         thread = threading.Thread(
             target=server.serve_forever, name="ciams-dicom-acceptor", daemon=True
@@ -227,6 +287,11 @@ class DicomServer:
         elif tls.ca_file is not None:
             ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
+
+    @property
+    def server(self) -> ThreadedAssociationServer | None:
+        """pynetdicom's running server (None when stopped)."""
+        return self._server
 
     def stop(self) -> None:
         """Stop listening and abort open associations."""
