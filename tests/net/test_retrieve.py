@@ -306,8 +306,9 @@ def test_get_sends_stored_compressed_syntax_when_accepted(node: DicomNode, study
 
 
 def _break_one(node: DicomNode, study: Study) -> str:
-    """Overwrite one stored file with junk; returns its SOP Instance UID."""
-    broken = sorted(study.sops)[0]
+    """Overwrite one stored file with junk; returns its SOP Instance UID. The second in
+    sending order: a failure between good sub-operations must not upset the rest."""
+    broken = node.archive.instances(study.study_uid)[1].sop_instance_uid
     (ref,) = node.archive.instances(sop_uid=broken)
     path = node.archive.storage.local_path(ref.storage_key)
     assert path is not None

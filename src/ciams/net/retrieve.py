@@ -112,11 +112,18 @@ def load_for_send(archive: Archive, ref: InstanceRef, accepted: set[tuple[str, s
     return ds
 
 
+# A SOP class no association ever negotiates: pynetdicom finds no presentation context
+# for it and fails the sub-operation before sending anything.
+_NEVER_NEGOTIATED = "1.2.826.0.1.3680043.10.1447.0.0"
+
+
 def _unsendable(ref: InstanceRef) -> Dataset:
-    """A stand-in for an instance that cannot be read: pynetdicom fails to send it
-    and so counts a failed sub-operation with this SOP Instance UID."""
+    """A stand-in for an instance that cannot be read. pynetdicom refuses it before any
+    byte goes out (no presentation context), and so counts a failed sub-operation with
+    this SOP Instance UID while the association stays in step; sending a stand-in data
+    set instead could leave the peer answering a message we no longer wait for."""
     ds = Dataset()
-    ds.SOPClassUID = ref.sop_class_uid
+    ds.SOPClassUID = _NEVER_NEGOTIATED
     ds.SOPInstanceUID = ref.sop_instance_uid
     return ds
 
