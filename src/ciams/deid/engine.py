@@ -49,6 +49,7 @@ from ciams.deid.profile import (
     compile_profile,
 )
 from ciams.deid.recipe import MATCH_KEYS, Recipe, Rule, default_recipe
+from ciams.deid.safe import clean_text
 from ciams.deid.uids import UidMapper, derive_int
 
 if TYPE_CHECKING:
@@ -118,11 +119,6 @@ CODE_VALUE, CODE_MEANING, LONG_CODE_VALUE = 0x00080100, 0x00080104, 0x00080119
 BIRTH_DATE = 0x00100030
 REFERENCE_DATES = (0x00080020, 0x00080021, 0x00080022, 0x00080023)
 BURNED_IN = 0x00280301
-#: Fragments removed from cleaned text (dates, long numbers) besides source identifiers.
-CLEAN_PATTERNS = re.compile(
-    r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b|\b\d{5,}\b"
-    r"|[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+"
-)
 
 
 @dataclass
@@ -533,7 +529,8 @@ class Deidentifier:
         # TM: a shift by whole days leaves times of day unchanged
 
     def _clean(self, ds: Dataset, t: int, vr: str, ctx: _Context) -> None:
-        """C on text: remove source identifiers, dates, long numbers and e-mail addresses."""
+        """C on text: kept only when made of safe vocabulary, else emptied (see
+        :func:`ciams.deid.safe.clean_text`)."""
         elem = ds[t]
         value = elem.value
         if value is None or isinstance(value, bytes | Sequence):
@@ -545,10 +542,8 @@ class Deidentifier:
             if not isinstance(value, str) and hasattr(value, "__iter__")
             else str(value)
         )
-        cleaned = _scrub(CLEAN_PATTERNS.sub("", text), ctx.identifiers)
-        cleaned = re.sub(r"\s{2,}", " ", cleaned).strip()
-        if cleaned != text:
-            ds[t] = DataElement(t, vr, cleaned or None)
+        if clean_text(text, ctx.identifiers) != text:
+            ds[t] = DataElement(t, vr, None)
 
     def _pixels(
         self,
@@ -706,31 +701,6 @@ class Deidentifier:
         )
         exc.result = result  # type: ignore[attr-defined]
         raise exc
-
-
-def _scrub(text: str, identifiers: dict[bytes, tuple[int, bool]]) -> str:
-    """Remove every identifier (whole words, case-insensitive) from ``text``."""
-    if not identifiers:
-        return text
-    low = text.lower()
-    spans: list[tuple[int, int]] = []
-    for token in identifiers:
-        word = token.decode("utf-8", "ignore")
-        if not word or word not in low:
-            continue
-        start = 0
-        while (i := low.find(word, start)) >= 0:
-            j = i + len(word)
-            if (i == 0 or not low[i - 1].isalnum()) and (j == len(low) or not low[j].isalnum()):
-                spans.append((i, j))
-            start = i + 1
-    if not spans:
-        return text
-    keep = [True] * len(text)
-    for i, j in spans:
-        for k in range(i, j):
-            keep[k] = False
-    return "".join(ch for ch, k in zip(text, keep, strict=True) if k)
 
 
 def _text(ds: Dataset, tag: int) -> str | None:

@@ -50,6 +50,7 @@ from ciams.deid.profile import (
     UID,
     CompiledProfile,
 )
+from ciams.deid.safe import clean_text
 
 if TYPE_CHECKING:
     from ciams.deid.engine import Deidentifier
@@ -563,17 +564,13 @@ class FastPath:
         )
 
     def _clean(self, tag: int, vr: str, raw: bytes) -> bytes:
-        from ciams.deid.engine import CLEAN_PATTERNS, _scrub
-
         if vr not in _TEXT or not raw:
             return _header(tag, vr, 0)
         text = raw.decode(self.encoding).rstrip(" \0")
         text = text.lstrip(" ") if vr not in ("LT", "ST", "UT") else text
-        cleaned = _scrub(CLEAN_PATTERNS.sub("", text), self.identifiers)
-        cleaned = re.sub(r"\s{2,}", " ", cleaned).strip()
-        if cleaned == text:
+        if clean_text(text, self.identifiers) == text:
             return _element(tag, vr, raw)
-        return _element(tag, vr, cleaned.encode(self.encoding))
+        return _header(tag, vr, 0)
 
     def _stamps(self, profile: CompiledProfile, subject: str) -> list[tuple[int, bytes]]:
         key = (profile.options, subject)

@@ -153,9 +153,9 @@ def _resolve(
             return RECURSE
         if vr in DATE_VRS:
             return SHIFT if Option.RETAIN_LONG_MODIFIED_DATES in options else KEEP
-        if vr in TEXT_VRS:
-            return CLEAN
-        return KEEP  # code strings and numbers: nothing to clean
+        if vr in TEXT_VRS or vr == "CS":
+            return CLEAN  # a code string holds arbitrary letters and digits too
+        return KEEP  # numbers: nothing to clean
     # C on a binary value (maker notes, time stamps): it cannot be cleaned, so the
     # Basic Profile action applies
     if vr == "SQ":
