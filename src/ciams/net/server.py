@@ -46,6 +46,7 @@ from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsE
 from ciams.net.access import DimseAccess
 from ciams.net.part10 import part10
 from ciams.net.query import MODELS, decode_identifier, model_of, parse_find
+from ciams.net.reactor import StorageRequestHandler
 from ciams.net.registry import AERegistry
 from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
 from ciams.net.status import query_error_status, status, store_status
@@ -245,21 +246,18 @@ class DicomServer:
         return self.port
 
     def _listen(self, ae: AE, handlers: list[Any]) -> ThreadedAssociationServer:
-        """``AE.start_server(block=False)``; the main process of DICOM workers dispatches."""
+        """Like ``AE.start_server(block=False)``, with storage associations on
+        :mod:`ciams.net.reactor`; the main process of DICOM workers dispatches."""
         cfg = self.settings.dicom
-        address = (cfg.host, cfg.port)
-        if not self.dispatch_to:
-            server = ae.start_server(
-                address, block=False, evt_handlers=handlers, ssl_context=self._ssl_context()
-            )
-            assert server is not None  # non-blocking start returns the server
-            return server
-        server_class = type("Dispatching", (DispatchingServer,), {"channels": self.dispatch_to})
+        server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer
+        if self.dispatch_to:
+            server_class = type("Dispatching", (DispatchingServer,), {"channels": self.dispatch_to})
         server = ae.make_server(
-            address,
+            (cfg.host, cfg.port),
             evt_handlers=handlers,
             ssl_context=self._ssl_context(),
             server_class=server_class,
+            request_handler=StorageRequestHandler,
         )
         thread = threading.Thread(
             target=server.serve_forever, name="ciams-dicom-acceptor", daemon=True

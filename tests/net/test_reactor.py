@@ -1,0 +1,158 @@
+"""The storage associations' own reactor (ciams.net.reactor): which associations take
+it, and that release, abort, a dropped connection, a protocol violation and the
+network timeout end them cleanly while the server keeps serving."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from ciams.net.reactor import HandoverDUL, StorageAssociation
+from tests.corpus import make_instance
+from tests.net.conftest import DicomNode
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+@contextmanager
+def associate(node: DicomNode, *contexts: str) -> Iterator[Association]:
+    ae = AE(ae_title="REACTOR")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for uid in contexts:
+        ae.add_requested_context(uid, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def server_side(node: DicomNode) -> StorageAssociation:
+    server = node.dicom._server
+    assert server is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = list(server.active_associations)
+        if found:
+            (accepted,) = found
+            assert isinstance(accepted, StorageAssociation)
+            return accepted
+        time.sleep(0.01)
+    raise AssertionError("no association on the server")
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def ct(n: int, **kw: Any) -> Dataset:
+    return make_instance(instance_number=n, rows=32, columns=32, **kw)
+
+
+def store_one(node: DicomNode, ds: Dataset) -> int:
+    with associate(node, CTImageStorage) as assoc:
+        status = assoc.send_c_store(ds)
+        return int(status.Status)
+
+
+def test_storage_association_takes_the_own_reactor(node: DicomNode) -> None:
+    with associate(node, CTImageStorage, VERIFICATION) as assoc:
+        accepted = server_side(node)
+        assert wait_until(lambda: cast_dul(accepted).handed_over)
+        assert assoc.send_c_echo().Status == 0
+        for n in range(1, 4):
+            assert assoc.send_c_store(ct(n)).Status == 0
+    assert wait_until(lambda: not accepted.is_alive())
+    assert accepted.is_released and not accepted.is_aborted
+    assert node.archive.counts()["instances"] == 3
+
+
+def test_mixed_association_stays_on_pynetdicom_reactor(node: DicomNode) -> None:
+    """A context that may need C-CANCEL or sub-operations keeps pynetdicom's threads."""
+    with associate(node, CTImageStorage, StudyRootQueryRetrieveInformationModelFind) as assoc:
+        accepted = server_side(node)
+        assert assoc.send_c_store(ct(1)).Status == 0
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        answers = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+        assert [s.Status for s, _ in answers] == [0xFF00, 0x0000]
+        assert not cast_dul(accepted).handed_over
+
+
+def test_peer_abort_ends_the_association_and_server_keeps_serving(node: DicomNode) -> None:
+    with associate(node, CTImageStorage) as assoc:
+        accepted = server_side(node)
+        assert assoc.send_c_store(ct(1)).Status == 0
+        assoc.abort()
+    assert wait_until(lambda: not accepted.is_alive())
+    assert accepted.is_aborted
+    assert store_one(node, ct(2)) == 0
+    assert node.archive.counts()["instances"] == 2
+
+
+def test_dropped_connection_ends_the_association(node: DicomNode) -> None:
+    with associate(node, CTImageStorage) as assoc:
+        accepted = server_side(node)
+        assert assoc.send_c_store(ct(1)).Status == 0
+        assoc.dul.socket.socket.close()  # type: ignore[union-attr]
+        assert wait_until(lambda: not accepted.is_alive())
+        assoc.kill()
+    assert accepted.is_aborted
+    assert store_one(node, ct(2)) == 0
+
+
+def test_unexpected_pdu_is_answered_with_a_provider_abort(node: DicomNode) -> None:
+    with associate(node, CTImageStorage) as assoc:
+        accepted = server_side(node)
+        assert wait_until(lambda: cast_dul(accepted).handed_over)
+        # An A-ASSOCIATE-RQ PDU header in the data phase (PS3.8 9.3.1, type 0x01).
+        assoc.dul.socket.send(b"\x01\x00\x00\x00\x00\x04\x00\x01\x00\x00")  # type: ignore[union-attr]
+        assert wait_until(lambda: assoc.is_aborted)
+    assert wait_until(lambda: not accepted.is_alive())
+    assert accepted.is_aborted
+    assert store_one(node, ct(1)) == 0
+
+
+def test_network_timeout_aborts_an_idle_association(
+    make_node: Callable[..., DicomNode],
+) -> None:
+    node = make_node(dicom={"network_timeout": 1.0})
+    with associate(node, CTImageStorage) as assoc:
+        accepted = server_side(node)
+        assert assoc.send_c_store(ct(1)).Status == 0
+        assert wait_until(lambda: assoc.is_aborted, timeout=15)
+    assert accepted.is_aborted
+    assert store_one(node, ct(2)) == 0
+
+
+def test_store_failure_status_on_the_own_reactor(node: DicomNode) -> None:
+    """A refused instance answers a failure status and the association goes on."""
+    with associate(node, CTImageStorage) as assoc:
+        bad = ct(1)
+        del bad.StudyInstanceUID
+        status = assoc.send_c_store(bad)
+        assert status.Status in (0xA900, 0xC000, 0xC001, 0xC002) or status.Status >= 0xA000
+        assert "StudyInstanceUID" in str(status.get("ErrorComment", ""))
+        assert assoc.send_c_store(ct(2)).Status == 0
+    assert node.archive.counts()["instances"] == 1
+
+
+def cast_dul(assoc: Association) -> HandoverDUL:
+    assert isinstance(assoc.dul, HandoverDUL)
+    return assoc.dul
