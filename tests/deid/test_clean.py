@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset
 
 from ciams.deid import Deidentifier, default_recipe
 from ciams.deid._standard import annex_e
+from ciams.deid.leaks import _PREFILTERS, DEFAULT_PATTERNS
 from ciams.deid.profile import CLEAN, Option, compile_profile
 from ciams.deid.safe import clean_text
 from ciams.deid.synthetic import MARKER_RE, ct_series, marker_dataset
@@ -129,3 +133,13 @@ def test_default_recipe_leaks_no_marker_except_retained_characteristics() -> Non
     assert leaked == {}
     # what Retain Patient Characteristics keeps is all that is left
     assert set(hits.values()) <= RETAINED
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789 -()+.@abcxyz", min_size=1, max_size=40))
+def test_leak_prefilters_are_necessary_conditions(text: str) -> None:
+    # the leak guard searches a built-in pattern only where its prefilter matches
+    data = text.encode()
+    for name, pattern in DEFAULT_PATTERNS.items():
+        if re.search(pattern.encode(), data):
+            assert re.search(_PREFILTERS[name].encode(), data), (name, text)

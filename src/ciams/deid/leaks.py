@@ -49,6 +49,13 @@ DEFAULT_PATTERNS: dict[str, str] = {
     ),
     "ssn": r"(?<![0-9])[0-9]{3}-[0-9]{2}-[0-9]{4}(?![0-9])",
 }
+#: A necessary condition of each built-in pattern (every match contains a match of
+#: it), cheap to search because it starts with a literal or a small set.
+_PREFILTERS: dict[str, str] = {
+    "email": r"@[a-z0-9\-]{2,}\.[a-z0-9\-]{2}",
+    "phone": r"[ \-][0-9]{3,4}[ \-][0-9]{3}",
+    "ssn": r"-[0-9]{2}-[0-9]{4}",
+}
 #: Values too common to be identifying on their own.
 STOPWORDS = frozenset(
     b.lower()
@@ -163,8 +170,15 @@ class LeakScanner:
         pats = dict(DEFAULT_PATTERNS)
         pats.update(patterns or {})
         self._patterns = {k: _compiled(v) for k, v in pats.items()}
-        # one pass over the header for all patterns (the per-pattern ones say which)
-        self._any_pattern = _compiled("|".join(f"(?:{v})" for v in pats.values()))
+        # the quick test: a built-in pattern is searched only where its cheap necessary
+        # condition (a literal-led regex, ~50x faster) matches; a recipe's own always
+        self._quick = [
+            (
+                _compiled(_PREFILTERS[k]) if DEFAULT_PATTERNS.get(k) == v else None,
+                self._patterns[k],
+            )
+            for k, v in pats.items()
+        ]
         self._tokens = sorted(identifiers, key=len, reverse=True)
 
     def _found(self, low: bytes) -> Iterator[bytes]:
@@ -199,7 +213,11 @@ class LeakScanner:
         low = header.lower()
         if any(True for _ in self._found(low)):
             return True
-        return self._any_pattern.search(low if text is None else text.lower()) is not None
+        body = low if text is None else text.lower()
+        return any(
+            (pre is None or pre.search(body) is not None) and pat.search(body) is not None
+            for pre, pat in self._quick
+        )
 
     def locate(self, ds: Dataset) -> list[Leak]:
         """Walk an output dataset (and its file meta) and report each leaking attribute."""
