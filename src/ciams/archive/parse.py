@@ -9,6 +9,7 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -42,35 +43,35 @@ class ParsedInstance:
         ds = self.dataset
         return {
             "patient": {
-                "patient_id": text(ds, "PatientID", 64),
-                "issuer_of_patient_id": text(ds, "IssuerOfPatientID", 64),
-                "patient_name": text(ds, "PatientName", 324),
-                "patient_birth_date": text(ds, "PatientBirthDate", 8),
-                "patient_sex": text(ds, "PatientSex", 16),
+                "patient_id": raw_text(ds, "PatientID", 64),
+                "issuer_of_patient_id": raw_text(ds, "IssuerOfPatientID", 64),
+                "patient_name": raw_text(ds, "PatientName", 324),
+                "patient_birth_date": raw_text(ds, "PatientBirthDate", 8),
+                "patient_sex": raw_text(ds, "PatientSex", 16),
             },
             "study": {
                 "study_instance_uid": self.study_instance_uid,
-                "study_date": text(ds, "StudyDate", 8),
-                "study_time": normalize_time(text(ds, "StudyTime", 16)),
-                "accession_number": text(ds, "AccessionNumber", 16),
-                "study_id": text(ds, "StudyID", 16),
-                "study_description": text(ds, "StudyDescription", 64),
-                "referring_physician_name": text(ds, "ReferringPhysicianName", 324),
+                "study_date": raw_text(ds, "StudyDate", 8),
+                "study_time": normalize_time(raw_text(ds, "StudyTime", 16)),
+                "accession_number": raw_text(ds, "AccessionNumber", 16),
+                "study_id": raw_text(ds, "StudyID", 16),
+                "study_description": raw_text(ds, "StudyDescription", 64),
+                "referring_physician_name": raw_text(ds, "ReferringPhysicianName", 324),
             },
             "series": {
                 "series_instance_uid": self.series_instance_uid,
-                "modality": text(ds, "Modality", 16),
-                "series_number": integer(ds, "SeriesNumber"),
-                "series_description": text(ds, "SeriesDescription", 64),
-                "body_part_examined": text(ds, "BodyPartExamined", 16),
-                "series_date": text(ds, "SeriesDate", 8),
-                "series_time": normalize_time(text(ds, "SeriesTime", 16)),
+                "modality": raw_text(ds, "Modality", 16),
+                "series_number": raw_integer(ds, "SeriesNumber"),
+                "series_description": raw_text(ds, "SeriesDescription", 64),
+                "body_part_examined": raw_text(ds, "BodyPartExamined", 16),
+                "series_date": raw_text(ds, "SeriesDate", 8),
+                "series_time": normalize_time(raw_text(ds, "SeriesTime", 16)),
             },
             "instance": {
                 "sop_instance_uid": self.sop_instance_uid,
                 "sop_class_uid": self.sop_class_uid,
-                "instance_number": integer(ds, "InstanceNumber"),
-                "number_of_frames": integer(ds, "NumberOfFrames") or 1,
+                "instance_number": raw_integer(ds, "InstanceNumber"),
+                "number_of_frames": raw_integer(ds, "NumberOfFrames") or 1,
                 "rows": integer(ds, "Rows"),
                 "columns": integer(ds, "Columns"),
                 "transfer_syntax_uid": self.transfer_syntax_uid,
@@ -78,6 +79,42 @@ class ParsedInstance:
                 "sha256": self.sha256,
             },
         }
+
+
+def _ascii_raw(ds: Dataset, keyword: str) -> str | None:
+    """The still-undecoded value of a string attribute when it is plain ASCII without
+    ISO 2022 escapes (no character set can change it then); None when pydicom has to
+    convert it."""
+    elem = ds.get_item(keyword)
+    if not isinstance(elem, RawDataElement):
+        return None
+    raw = elem.value
+    if raw is None:
+        return ""
+    if not isinstance(raw, bytes) or not raw.isascii() or b"\x1b" in raw:
+        return None
+    return raw.decode("ascii")
+
+
+def raw_text(ds: Dataset, keyword: str, limit: int) -> str:
+    """:func:`text` without pydicom's value conversion when the bytes allow it: this
+    runs for every received instance, and conversion cost more than the rest of the
+    index values together."""
+    value = _ascii_raw(ds, keyword)
+    if value is None:
+        return text(ds, keyword, limit)
+    return value.strip(" \x00")[:limit]
+
+
+def raw_integer(ds: Dataset, keyword: str) -> int | None:
+    """:func:`integer` for IS attributes, from the raw bytes when it can."""
+    value = _ascii_raw(ds, keyword)
+    if value is None:
+        return integer(ds, keyword)
+    try:
+        return int(value.split("\\", 1)[0].strip(" \x00"))
+    except ValueError:
+        return integer(ds, keyword)
 
 
 def text(ds: Dataset, keyword: str, limit: int) -> str:

@@ -1,0 +1,65 @@
+"""Index values read from undecoded bytes agree with pydicom's own value conversion."""
+
+from __future__ import annotations
+
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_files
+
+from ciams.archive.parse import parse_instance
+from ciams.errors import InvalidInstanceError
+from tests.corpus import make_instance
+
+
+def _files() -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sorted(get_testdata_files("*.dcm"))
+
+
+def _converted(data: bytes) -> pydicom.Dataset:
+    ds = pydicom.dcmread(BytesIO(data))
+    for _ in ds:  # iterating converts every raw element
+        pass
+    return ds
+
+
+def test_raw_index_values_match_converted_values_on_vendor_files() -> None:
+    compared = 0
+    for name in _files():
+        data = Path(name).read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                parsed = parse_instance(data)
+            except InvalidInstanceError:
+                continue
+            fast = parsed.index_values()
+            parsed.dataset = _converted(data)
+            slow = parsed.index_values()
+        assert fast == slow, name
+        compared += 1
+    assert compared >= 40
+
+
+@pytest.mark.parametrize(
+    ("name", "charset"),
+    [("Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO 2022 IR 87"), ("Müller^Jörg", "ISO_IR 100")],
+)
+def test_non_ascii_names_are_decoded_by_pydicom(name: str, charset: str) -> None:
+    ds = make_instance(patient_name=name)
+    ds.SpecificCharacterSet = ["", charset] if "IR 87" in charset else charset
+    ds.StudyDescription = "Étude ÄÖÜ" if "100" in charset else "ascii only"
+    ds.InstanceNumber = " 7 "
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    parsed = parse_instance(buf.getvalue())
+    values = parsed.index_values()
+    assert values["patient"]["patient_name"] == name
+    assert values["instance"]["instance_number"] == 7
+    parsed.dataset = _converted(buf.getvalue())
+    assert parsed.index_values() == values
