@@ -10,6 +10,7 @@ unchanged; Longitudinal Temporal Information Modified (0028,0303) is set to
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from ciams.deid.uids import derive_int
 
@@ -21,6 +22,7 @@ def offset_days(secret: bytes, subject: str, lo: int, hi: int) -> int:
     return days if days != 0 else (hi if hi != 0 else lo)
 
 
+@functools.lru_cache(maxsize=4096)  # a series repeats its dates in every file
 def _shift_da(value: str, days: int) -> str:
     v = value.strip()
     if len(v) != 8 or not v.isdigit():
@@ -75,6 +77,7 @@ def _parse(value: str | None) -> dt.date | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def age_string(birth: str | None, reference: str | None) -> str | None:
     """Patient's Age (AS, PS3.5 6.2) at ``reference`` for a birth date, or None.
 

@@ -83,6 +83,7 @@ _CHARSETS = {
 }
 _TEXT_VRB = frozenset(v.encode() for v in _TEXT | {"SQ"})
 _LONG_VRB = frozenset(v.encode() for v in _LONG_VRS)
+_FIRST_CHUNK = 1 << 13
 _HEAD_CHUNK = 1 << 16
 _CODE_TAGS = (0x00080100, 0x00080104, 0x00080119)
 _AS_RE = re.compile(r"\d{3}[DWMY]")
@@ -279,6 +280,7 @@ class FastPath:
         rec = engine.recipe
         self.enabled = not (rec.safe_private or rec.keep_overlays or rec.keep_curves or rec.trial)
         self._stamp_cache: dict[tuple[frozenset[str], str], list[tuple[int, bytes]]] = {}
+        self._days: dict[str, int] = {}
 
     # -- entry -------------------------------------------------------------------------------
     def run(self, data: bytes) -> FastResult | None:
@@ -295,11 +297,17 @@ class FastPath:
         referenced (:class:`FileRange`) so it can be copied file to file."""
         if not self.enabled:
             return None
-        with open(path, "rb") as fh:
+        with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
-            head = fh.read(_HEAD_CHUNK)
+            # most headers are a few KiB: read a little first, more if Pixel Data
+            # was not reached, the whole file only when its value is not last
+            head = fh.read(_FIRST_CHUNK)
+            where = None
             if len(head) < size:
                 where = _pixel_header_end(head, size)
+                if where is None and len(head) < size and len(head) < _HEAD_CHUNK:
+                    head += fh.read(_HEAD_CHUNK - len(head))
+                    where = _pixel_header_end(head, size)
                 if where is None:
                     head += fh.read()
                 else:
@@ -372,7 +380,13 @@ class FastPath:
         subject, new = eng.subject_for(pid)
         profile = eng._profile(rules)
         lo, hi = eng.recipe.date_shift_days
-        self.days = offset_days(eng.secret, subject, lo, hi)
+        days = self._days.get(subject)
+        if days is None:
+            days = offset_days(eng.secret, subject, lo, hi)
+            if len(self._days) > 10_000:
+                self._days.clear()
+            self._days[subject] = days
+        self.days = days
         self.subject = subject
         self.profile = profile
         self.identifiers: dict[bytes, tuple[int, bool]] = {}
@@ -434,17 +448,7 @@ class FastPath:
         )
 
     def _wants_ocr(self, text: Callable[[int], str | None], rules: tuple[Rule, ...]) -> bool:
-        class _View:
-            def __contains__(self, key: str) -> bool:
-                return key == "PixelData" or text(_KW.get(key, 0)) is not None
-
-            def get(self, key: str, default: object = None) -> object:
-                value = text(_KW.get(key, 0))
-                if value is None:
-                    return default
-                return value.split("\\") if key == "ImageType" else value
-
-        view = cast(Any, _View())  # the few Dataset methods wants_ocr uses
+        view = cast(Any, _View(text))  # the few Dataset methods wants_ocr uses
         return pixel_ops.wants_ocr(view, self.engine.recipe, text(0x00280301), rules)
 
     # -- the walk ----------------------------------------------------------------------------
@@ -603,6 +607,24 @@ class FastPath:
                 self._stamp_cache.clear()
             self._stamp_cache[key] = found
         return found
+
+
+class _View:
+    """The few Dataset methods :func:`ciams.deid.pixels.wants_ocr` uses, over raw text."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: Callable[[int], str | None]) -> None:
+        self.text = text
+
+    def __contains__(self, key: str) -> bool:
+        return key == "PixelData" or self.text(_KW.get(key, 0)) is not None
+
+    def get(self, key: str, default: object = None) -> object:
+        value = self.text(_KW.get(key, 0))
+        if value is None:
+            return default
+        return value.split("\\") if key == "ImageType" else value
 
 
 class _Seq:
