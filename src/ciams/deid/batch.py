@@ -123,25 +123,29 @@ _MADE_DIRS: set[Path] = set()
 
 def _copy_range(src: FileRange, fd: int) -> None:
     """Append ``src`` to the open file ``fd``, in the kernel when it can."""
-    with open(src.path, "rb") as fh:
+    src_fd = os.open(src.path, os.O_RDONLY)
+    try:
         offset, left = src.offset, src.length
         try:
             while left:
-                done = os.copy_file_range(fh.fileno(), fd, left, offset)
+                done = os.copy_file_range(src_fd, fd, left, offset)
                 if done <= 0:
                     break
                 offset += done
                 left -= done
         except OSError:
             pass  # not supported here: copy through user space
-        if left:
-            fh.seek(offset)
-            while left:
-                chunk = fh.read(min(left, 1 << 20))
-                if not chunk:
-                    raise OSError(f"{src.path} changed while it was de-identified")
-                os.write(fd, chunk)
-                left -= len(chunk)
+        while left:
+            chunk = os.pread(src_fd, min(left, 1 << 20), offset)
+            if not chunk:
+                raise OSError(f"{src.path} changed while it was de-identified")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            offset += len(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(src_fd)
 
 
 def _write_new(path: Path, parts: tuple[bytes, bytes | memoryview | FileRange]) -> str:
@@ -304,7 +308,9 @@ def _process_item(deid: Deidentifier, output: Path, item: Item) -> Outcome:
 def _run_chunk(items: list[Item]) -> list[Outcome]:
     deid: Deidentifier = _WORKER["deid"]
     output: Path = _WORKER["output"]
-    return [process_item(deid, output, it) for it in items]
+    with warnings.catch_warnings():  # once per chunk (see process_item)
+        warnings.simplefilter("ignore")
+        return [_process_item(deid, output, it) for it in items]
 
 
 def run_batch(
