@@ -156,3 +156,15 @@ def test_store_failure_status_on_the_own_reactor(node: DicomNode) -> None:
 def cast_dul(assoc: Association) -> HandoverDUL:
     assert isinstance(assoc.dul, HandoverDUL)
     return assoc.dul
+
+
+def test_data_set_over_many_pdus(make_node: Callable[..., DicomNode]) -> None:
+    """A 512 KiB image in 16 KiB PDUs is reassembled byte for byte."""
+    node = make_node(dicom={"max_pdu": 16384})
+    ds = make_instance(rows=512, columns=512)
+    with associate(node, CTImageStorage) as assoc:
+        accepted = server_side(node)
+        assert assoc.send_c_store(ds).Status == 0
+        assert cast_dul(accepted).handed_over
+    (ref,) = node.archive.instances(sop_uid=str(ds.SOPInstanceUID))
+    assert node.archive.dataset(ref).PixelData == ds.PixelData

@@ -152,7 +152,7 @@ class StorageAssociation(Association):
 
     def _on_data(self, body: bytearray) -> None:
         pdu = P_DATA_TF()
-        pdu.decode(bytes(body))
+        pdu.decode(memoryview(body))  # type: ignore[arg-type]  # zero-copy slices
         self.dimse.receive_primitive(pdu.to_primitive())
         if not self.dul.event_queue.empty():  # Evt19: pynetdicom could not decode it
             self._provider_abort()

@@ -207,6 +207,10 @@ class DicomServer:
         ae = self._make_ae()
         # pynetdicom logs whole query identifiers (patient names, IDs) at INFO level.
         _config.LOG_REQUEST_IDENTIFIERS = self.settings.log_phi
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # pynetdicom's standard handlers format every PDU and DIMSE message for its
+            # INFO/DEBUG log on every association; with that log off they only cost CPU.
+            _config.LOG_HANDLER_LEVEL = "none"
         if not cfg.allowed_calling_aes:
             log.warning(
                 "dicom.allowed_calling_aes is empty: associations from any calling AE "
@@ -228,18 +232,6 @@ class DicomServer:
                 f"cannot listen for DICOM on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
                 hint="choose another dicom.port or stop the program using it",
             ) from exc
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            # pynetdicom's standard notification handlers format every PDU and DIMSE
-            # message for debug logging; unbound, they cost nothing per instance.
-            for event in (
-                evt.EVT_PDU_RECV,
-                evt.EVT_PDU_SENT,
-                evt.EVT_DIMSE_RECV,
-                evt.EVT_DIMSE_SENT,
-            ):
-                bound = cast(list[tuple[Any, Any]], server.get_handlers(event))
-                for handler, _args in list(bound):
-                    server.unbind(event, handler)
         self._ae, self._server = ae, server
         self.port = int(server.server_address[1])
         log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.host, self.port)
