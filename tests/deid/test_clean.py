@@ -13,13 +13,14 @@ from pydicom import Dataset
 
 from ciams.deid import Deidentifier, default_recipe
 from ciams.deid._standard import annex_e
+from ciams.deid.errors import RecipeError
 from ciams.deid.leaks import _PREFILTERS, DEFAULT_PATTERNS
 from ciams.deid.profile import CLEAN, Option, compile_profile
 from ciams.deid.safe import clean_text
 from ciams.deid.synthetic import MARKER_RE, ct_series, marker_dataset
 from ciams.deid.writer import serialize
 
-from .conftest import SECRET, roundtrip
+from .conftest import SECRET, recipe_with, roundtrip
 
 
 def _read(data: bytes) -> Dataset:
@@ -143,3 +144,25 @@ def test_leak_prefilters_are_necessary_conditions(text: str) -> None:
     for name, pattern in DEFAULT_PATTERNS.items():
         if re.search(pattern.encode(), data):
             assert re.search(_PREFILTERS[name].encode(), data), (name, text)
+
+
+def test_recipe_vocabulary_adds_words() -> None:
+    values = {0x0008103E: "ONCOSTUDY42 BASELINE CT"}
+    data = serialize(_with_descriptors(values))
+    default = Deidentifier(RECIPE, {"MRN0001": "S-1"}, SECRET).deidentify_bytes(data)
+    assert not default.dataset.SourceImageSequence[0].SeriesDescription
+    trial = recipe_with(
+        "profile: {options: [clean_descriptors]}\nvocabulary: [oncostudy42, Baseline]\n"
+    )
+    for result in (
+        Deidentifier(trial, {"MRN0001": "S-1"}, SECRET).deidentify_bytes(data),
+        Deidentifier(trial, {"MRN0001": "S-1"}, SECRET).deidentify(_read(data)),
+    ):
+        item = result.dataset.SourceImageSequence[0]
+        assert item.SeriesDescription == "ONCOSTUDY42 BASELINE CT"
+
+
+@pytest.mark.parametrize("bad", ["[two words]", "[a-b]", "oncostudy"])
+def test_recipe_vocabulary_must_be_words(bad: str) -> None:
+    with pytest.raises(RecipeError):
+        recipe_with(f"profile: {{options: []}}\nvocabulary: {bad}\n")

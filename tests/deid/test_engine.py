@@ -54,7 +54,7 @@ def test_sex_and_age_retained_and_age_computed(deid: Deidentifier) -> None:
     assert out.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
     codes = {item.CodeValue for item in out.DeidentificationMethodCodeSequence}
     assert {"113105", "113107", "113108"} <= codes
-    assert "ciams-default v1.0" in out.DeidentificationMethod[0]
+    assert "ciams-default v1.1" in out.DeidentificationMethod[0]
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert "InstitutionName" not in out or out.InstitutionName != "Springfield General Hospital"
     assert 0x00291010 not in out and 0x00290010 not in out  # private removed

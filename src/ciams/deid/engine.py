@@ -49,7 +49,7 @@ from ciams.deid.profile import (
     compile_profile,
 )
 from ciams.deid.recipe import MATCH_KEYS, Recipe, Rule, default_recipe
-from ciams.deid.safe import clean_text
+from ciams.deid.safe import SAFE_VOCABULARY, clean_text
 from ciams.deid.uids import UidMapper, derive_int
 
 if TYPE_CHECKING:
@@ -249,6 +249,8 @@ class Deidentifier:
         self._method = self._method_values()
         self._stamps: dict[tuple[frozenset[str], bool], list[DataElement]] = {}
         self._subject_elems: dict[str, tuple[DataElement, DataElement]] = {}
+        #: words a cleaned text value may consist of (built-in list + the recipe's)
+        self.vocabulary = SAFE_VOCABULARY | frozenset(self.recipe.vocabulary)
         self._fast = FastPath(self)
 
     # -- setup ------------------------------------------------------------------------------
@@ -542,7 +544,7 @@ class Deidentifier:
             if not isinstance(value, str) and hasattr(value, "__iter__")
             else str(value)
         )
-        if clean_text(text, ctx.identifiers) != text:
+        if clean_text(text, ctx.identifiers, self.vocabulary) != text:
             ds[t] = DataElement(t, vr, None)
 
     def _pixels(

@@ -572,7 +572,7 @@ class FastPath:
             return _header(tag, vr, 0)
         text = raw.decode(self.encoding).rstrip(" \0")
         text = text.lstrip(" ") if vr not in ("LT", "ST", "UT") else text
-        if clean_text(text, self.identifiers) == text:
+        if clean_text(text, self.identifiers, self.engine.vocabulary) == text:
             return _element(tag, vr, raw)
         return _header(tag, vr, 0)
 

@@ -102,6 +102,8 @@ class Recipe:
     regions: tuple[Rule, ...] = ()
     rules: tuple[Rule, ...] = ()
     leak_patterns: dict[str, str] = field(default_factory=dict)
+    #: words a cleaned text value may hold besides :data:`ciams.deid.safe.SAFE_VOCABULARY`
+    vocabulary: tuple[str, ...] = ()
     trial: dict[str, str] = field(default_factory=dict)
     require_deidentified_on_ingest: bool = True
     digest: str = ""
@@ -133,6 +135,7 @@ _TOP_KEYS = {
     "pixels",
     "rules",
     "leak_patterns",
+    "vocabulary",
     "trial",
     "ingest",
     "safe_private",
@@ -213,6 +216,14 @@ def parse_recipe(data: Mapping[str, Any], *, digest: str = "") -> Recipe:
             re.compile(pat.encode())
         except re.error as exc:
             raise RecipeError(f"leak pattern {name!r} is invalid: {exc}") from exc
+    vocabulary = data.get("vocabulary") or []
+    if not isinstance(vocabulary, list) or not all(
+        isinstance(w, str | int) and re.fullmatch(r"[^\W_]+", str(w)) for w in vocabulary
+    ):
+        raise RecipeError(
+            "vocabulary must be a list of words (letters and digits only)",
+            hint="a value is split into words at every other character: list the words",
+        )
     safe_private = []
     for entry in data.get("safe_private") or ():
         try:
@@ -247,6 +258,7 @@ def parse_recipe(data: Mapping[str, Any], *, digest: str = "") -> Recipe:
         ),
         rules=tuple(_rule(r, f"rules[{i}]") for i, r in enumerate(data.get("rules") or ())),
         leak_patterns=leak_patterns,
+        vocabulary=tuple(str(w).upper() for w in vocabulary),
         trial={str(k): str(v) for k, v in (data.get("trial") or {}).items()},
         require_deidentified_on_ingest=bool(
             (data.get("ingest") or {}).get("require_deidentified", True)
