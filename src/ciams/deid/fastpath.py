@@ -281,6 +281,7 @@ class FastPath:
         self.enabled = not (rec.safe_private or rec.keep_overlays or rec.keep_curves or rec.trial)
         self._stamp_cache: dict[tuple[frozenset[str], str], list[tuple[int, bytes]]] = {}
         self._days: dict[str, int] = {}
+        self._tokens: dict[tuple[int, str, bytes], tuple[tuple[bytes, bool], ...]] = {}
 
     # -- entry -------------------------------------------------------------------------------
     def run(self, data: bytes) -> FastResult | None:
@@ -454,8 +455,16 @@ class FastPath:
     # -- the walk ----------------------------------------------------------------------------
     def _collect(self, tag: int, vr: str, raw: bytes) -> None:
         if raw:
-            for tok, comp in identifier_tokens(tag, vr, raw):
-                self.identifiers.setdefault(tok, (tag, comp))
+            key = (tag, vr, raw)
+            tokens = self._tokens.get(key)
+            if tokens is None:  # the files of a series share most identifying values
+                tokens = tuple(identifier_tokens(tag, vr, raw))
+                if len(self._tokens) > 50_000:
+                    self._tokens.clear()
+                self._tokens[key] = tokens
+            setdefault = self.identifiers.setdefault
+            for tok, comp in tokens:
+                setdefault(tok, (tag, comp))
 
     def _collect_seq(self, data: bytes, vs: int, ve: int, nxt: int) -> None:
         ident = self.profile.identifying
