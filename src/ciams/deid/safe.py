@@ -87,8 +87,8 @@ SAFE_TEXT_KEYWORDS = frozenset(
 )
 
 #: Text attributes not in Table E.1-1 that IODs require (Type 1/2) and that may hold
-#: free text: kept, but cleaned like a descriptor (source identifiers, dates, long
-#: numbers and e-mail addresses removed).
+#: free text: kept, but cleaned like a descriptor (:func:`clean_text`: kept only when
+#: made of safe vocabulary, else emptied).
 CLEANED_TEXT_KEYWORDS = frozenset({"ContentDescription", "SegmentDescription"})
 
 #: Private attributes retained under Retain Safe Private (E.3.10): ``(creator, element)``
