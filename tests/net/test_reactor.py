@@ -4,6 +4,7 @@ network timeout end them cleanly while the server keeps serving."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from ciams.net.reactor import HandoverDUL, StorageAssociation
+from ciams.net.reactor import CheapCopyContexts, HandoverDUL, StorageAssociation
 from tests.corpus import make_instance
 from tests.net.conftest import DicomNode
 
@@ -168,3 +169,15 @@ def test_data_set_over_many_pdus(make_node: Callable[..., DicomNode]) -> None:
         assert cast_dul(accepted).handed_over
     (ref,) = node.archive.instances(sop_uid=str(ds.SOPInstanceUID))
     assert node.archive.dataset(ref).PixelData == ds.PixelData
+
+
+def test_per_association_context_copies_are_independent(node: DicomNode) -> None:
+    server = node.dicom._server
+    assert server is not None
+    originals = server.contexts
+    assert isinstance(originals, CheapCopyContexts)
+    copies = copy.deepcopy(originals)
+    assert copies == list(originals)
+    assert all(a is not b for a, b in zip(copies, originals, strict=True))
+    copies[0].transfer_syntax.append("1.2.3.4")
+    assert "1.2.3.4" not in originals[0].transfer_syntax

@@ -10,7 +10,6 @@ too, so get-or-create still retries on a unique-key conflict.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -58,7 +57,14 @@ class IndexOutcome:
 
 
 class IndexWriter:
-    """Background thread committing :class:`IndexRequest` s in batches."""
+    """Commits :class:`IndexRequest` s in batches (group commit), on the callers' threads.
+
+    The first caller to find no commit running leads: it commits everything waiting,
+    its own request included, while later callers queue up behind it; when it is done,
+    one of those still waiting leads the next batch. A lone association thus commits
+    on its own thread with no hand-over, and parallel ones share a transaction and one
+    flush.
+    """
 
     def __init__(
         self,
@@ -76,43 +82,51 @@ class IndexWriter:
         self._on_conflict = on_conflict
         self._batch_max = max(1, batch_max)
         self._on_commit = on_commit
-        self._queue: queue.Queue[tuple[IndexRequest, Future[IndexOutcome]] | None] = queue.Queue()
+        self._cond = threading.Condition()
+        self._pending: list[tuple[IndexRequest, Future[IndexOutcome]]] = []
+        self._leading = False
+        self._closed = False
         self._series_cache: dict[str, int] = {}
         self._study_cache: dict[str, tuple[int, str, str]] = {}
         self._patient_cache: dict[tuple[str, str], int] = {}
-        self._thread = threading.Thread(target=self._run, name="ciams-index-writer", daemon=True)
-        self._thread.start()
 
     def submit(self, request: IndexRequest) -> IndexOutcome:
         """Index one instance; returns once its row is committed (durable)."""
         fut: Future[IndexOutcome] = Future()
-        self._queue.put((request, fut))
+        with self._cond:
+            if self._closed:
+                raise StorageError("the archive is shutting down")
+            self._pending.append((request, fut))
+            while self._leading and not fut.done():
+                self._cond.wait()
+            if fut.done():
+                return fut.result()
+            self._leading = True
+        try:
+            while not fut.done():
+                with self._cond:
+                    batch = self._pending[: self._batch_max]
+                    del self._pending[: len(batch)]
+                try:
+                    self._commit_batch(batch)
+                except BaseException as exc:  # never leave a waiting caller behind
+                    for _, other in batch:
+                        if not other.done():
+                            other.set_exception(StorageError(f"index write interrupted: {exc!r}"))
+                    raise
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()
         return fut.result()
 
     def close(self) -> None:
-        """Finish what is queued and stop the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    # -- writer thread -----------------------------------------------------------------
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < self._batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
+        """Refuse new requests and wait for the running commits."""
+        with self._cond:
+            self._closed = True
+            while self._leading or self._pending:
+                if not self._cond.wait(timeout=30):
                     break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit_batch(batch)
 
     def _commit_batch(self, batch: list[tuple[IndexRequest, Future[IndexOutcome]]]) -> None:
         try:

@@ -31,7 +31,9 @@ def _sh(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-def part10(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, data: bytes) -> bytes:
+def part10(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, data: bytes | memoryview
+) -> bytes:
     """Preamble, prefix and File Meta Information, then the data set as received."""
     body = b"".join(
         (

@@ -18,6 +18,7 @@ pynetdicom's reactor unchanged.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import socket
 import struct
@@ -28,6 +29,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE, P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import RequestHandler
@@ -187,6 +189,20 @@ def _recv_into(sock: socket.socket, view: memoryview) -> bool:
             return False
         view = view[n:]
     return True
+
+
+class CheapCopyContexts(list[PresentationContext]):
+    """The server's supported contexts. pynetdicom deep-copies them for every
+    association; for our ~190 contexts of 4-13 syntaxes that took 0.3 s of CPU per
+    association. Their only mutable part is the syntax list, so copy just that."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for cx in self:
+            new = copy.copy(cx)
+            new._transfer_syntax = list(cx._transfer_syntax)
+            copies.append(new)
+        return copies
 
 
 class StorageRequestHandler(RequestHandler):

@@ -46,7 +46,7 @@ from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsE
 from ciams.net.access import DimseAccess
 from ciams.net.part10 import part10
 from ciams.net.query import MODELS, decode_identifier, model_of, parse_find
-from ciams.net.reactor import StorageRequestHandler
+from ciams.net.reactor import CheapCopyContexts, StorageRequestHandler
 from ciams.net.registry import AERegistry
 from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
 from ciams.net.status import query_error_status, status, store_status
@@ -251,6 +251,7 @@ class DicomServer:
             server_class=server_class,
             request_handler=StorageRequestHandler,
         )
+        server.contexts = CheapCopyContexts(server.contexts)
         thread = threading.Thread(
             target=server.serve_forever, name="ciams-dicom-acceptor", daemon=True
         )
@@ -306,7 +307,7 @@ class DicomServer:
                     str(request.AffectedSOPClassUID),
                     str(request.AffectedSOPInstanceUID),
                     str(event.context.transfer_syntax),
-                    cast(BytesIO, request.DataSet).getvalue(),
+                    cast(BytesIO, request.DataSet).getbuffer(),  # no copy
                 ),
                 {
                     "interface": "dimse",
