@@ -10,13 +10,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from ciams.net.reactor import CheapCopyContexts, HandoverDUL, StorageAssociation
+from ciams.net.reactor import (
+    CheapCopyContexts,
+    HandoverDUL,
+    StorageAssociation,
+    store_success_pdu,
+)
 from tests.corpus import make_instance
 from tests.net.conftest import DicomNode
 
@@ -181,3 +190,34 @@ def test_per_association_context_copies_are_independent(node: DicomNode) -> None
     assert all(a is not b for a, b in zip(copies, originals, strict=True))
     copies[0].transfer_syntax.append("1.2.3.4")
     assert "1.2.3.4" not in originals[0].transfer_syntax
+
+
+@pytest.mark.parametrize(
+    ("sop_instance", "message_id"),
+    [("1.2.3.4.5", 1), ("1.2.826.0.1.3680043.8.498.123456789012345678901234", 65535)],
+)
+def test_store_success_pdu_is_what_pynetdicom_encodes(sop_instance: str, message_id: int) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = 0x0000
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = list(message.encode_msg(7, 16384))
+    pdu = P_DATA_TF()
+    pdu.from_primitive(pdata)
+    assert store_success_pdu(7, CTImageStorage, sop_instance, message_id) == pdu.encode()
+
+
+def test_failure_responses_still_go_through_pynetdicom(node: DicomNode) -> None:
+    """Only plain success is encoded directly; a warning keeps its comment."""
+    ds = ct(1)
+    assert store_one(node, ds) == 0
+    changed = ct(1, study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID))
+    changed.SOPInstanceUID = ds.SOPInstanceUID
+    changed.PatientName = "Changed^Bytes"
+    with associate(node, CTImageStorage) as assoc:
+        status = assoc.send_c_store(changed)
+    assert status.Status == 0xB000
+    assert "other content" in str(status.ErrorComment)

@@ -8,10 +8,12 @@ with "calling AE title not recognized" (PS3.8 9.3.4, result 1, source 1, reason 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Iterator
 from io import BytesIO
@@ -142,6 +144,28 @@ def receive_associations(server: ThreadedAssociationServer, channel: socket.sock
         serve_here(server, conn, address)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
+
+
+def keep_large_buffers() -> None:
+    """Let glibc reuse freed C-STORE-sized buffers instead of unmapping them.
+
+    Each received instance passes through several buffers of its own size (PDU, DIMSE
+    data set, Part 10 bytes, pixel data). Above glibc's mmap threshold, and in the
+    per-thread arenas that parallel associations use, every one of them was a fresh
+    mapping: about 340 page faults per 512 KiB instance and a third of the server's
+    system time with four associations; 6 with this.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
+    except (OSError, AttributeError):  # not glibc
+        log.debug("mallopt unavailable", exc_info=True)
+
+
 def no_delay(event: Event) -> None:
     """EVT_CONN_OPEN: disable Nagle's algorithm. A C-STORE response is one small
     PDU; with Nagle on it waits for the peer's delayed ACK (up to 40 ms) before
@@ -204,6 +228,7 @@ class DicomServer:
         if self._server is not None:
             return self.port
         cfg = self.settings.dicom
+        keep_large_buffers()
         ae = self._make_ae()
         # pynetdicom logs whole query identifiers (patient names, IDs) at INFO level.
         _config.LOG_REQUEST_IDENTIFIERS = self.settings.log_phi
