@@ -6,17 +6,16 @@ Usage (from the repository root)::
                                [--tools-python bench/work/venv/bin/python]
 
 * speed: instances/s on a synthetic CT corpus (512x512, 16 bit, a typical identifying
-  header, vendor private block), each tool run the way its users run it: ``python -m
-  ciams.deid`` (the ``ciams deid`` command without the umbrella CLI's start-up, all
-  cores) and ``python -m dicognito`` from the command line, ``deid`` through its
-  Python API (``replace_identifiers`` with its default recipe, as its documentation
-  shows).  The tools run ``--repeat`` times, interleaved (ciams, dicognito, deid,
-  ciams, ...) so that a busy machine slows them alike; the best rate of each counts.
-  deid, being slow, runs on the first ``--deid-n`` files (its rate is per instance).
-  The load average is recorded before and after every run.  CIAMS's bytecode is
-  compiled first (an editable install under ``PYTHONDONTWRITEBYTECODE`` would
-  otherwise recompile every module at each start; the competitors' wheels come with
-  bytecode).
+  header, vendor private block), each tool run the way its users run it: ``ciams deid``
+  (the installed console script, all cores) and ``python -m dicognito`` from the command
+  line, ``deid`` through its Python API (``replace_identifiers`` with its default
+  recipe, as its documentation shows). The tools run ``--repeat`` times, interleaved
+  (ciams, dicognito, deid, ciams, ...) so that a busy machine slows them alike; the best
+  rate of each counts. deid, being slow, runs on the first ``--deid-n`` files (its rate
+  is per instance). The load average is recorded before and after every run. CIAMS's
+  bytecode is compiled first (an editable install under ``PYTHONDONTWRITEBYTECODE``
+  would otherwise recompile every module at each start; the competitors' wheels come
+  with bytecode).
 * leaks: the marker corpus (:mod:`ciams.deid.synthetic`: a marker in every PS3.15
   Table E.1-1 attribute, in sequences, private tags, overlays, curves, file meta);
   a marker left in the output of an attribute the Basic Profile does not retain
@@ -48,6 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
+# The installed console script (``pip install -e .`` puts it beside the interpreter).
+CIAMS = str(Path(sys.executable).with_name("ciams"))
 
 DEID_SCRIPT = """
 import sys, warnings
@@ -203,9 +204,8 @@ def main() -> int:
             corpus,
             args.n,
             lambda src, dst: [
-                sys.executable,
-                "-m",
-                "ciams.deid",
+                CIAMS,
+                "deid",
                 str(src),
                 str(dst),
                 "--subjects",
@@ -306,11 +306,7 @@ def main() -> int:
     cpu_ratio = cheapest / speed["ciams"]["cpu_ms_per_instance"]
     # options first: the output folder is appended last
     one = ["--subjects", str(subjects), str(sorted(corpus.glob("*.dcm"))[0])]
-    ciams_bin = Path(sys.executable).with_name("ciams")
-    light = [sys.executable, "-m", "ciams.deid", *one]
-    startup = {"python -m ciams.deid": startup_seconds(light, env)}
-    if ciams_bin.exists():
-        startup["ciams deid"] = startup_seconds([str(ciams_bin), "deid", *one], env)
+    startup = {"ciams deid": startup_seconds([CIAMS, "deid", *one], env)}
     print(f"one-file run (start-up): {startup}")
 
     marker_dir = WORK / "markers" / "in"
@@ -320,9 +316,8 @@ def main() -> int:
     basic.write_text('recipe: 1\nname: bench-basic\nversion: "1"\nprofile: {options: []}\n')
     leak_tools: dict[str, list[str]] = {
         "ciams (basic profile)": [
-            sys.executable,
-            "-m",
-            "ciams.deid",
+            CIAMS,
+            "deid",
             str(marker_dir),
             "{dst}",
             "--subjects",
@@ -331,9 +326,8 @@ def main() -> int:
             str(basic),
         ],
         "ciams (default recipe)": [
-            sys.executable,
-            "-m",
-            "ciams.deid",
+            CIAMS,
+            "deid",
             str(marker_dir),
             "{dst}",
             "--subjects",

@@ -84,3 +84,29 @@ def test_bad_recipe_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [str(src), str(tmp_path / "out"), "--recipe", str(bad)])
     assert result.exit_code == 1
     assert "retain_everything" in result.output
+
+
+def test_ciams_deid_console_script(tmp_path: Path) -> None:
+    """The installed ``ciams deid`` (light entry point) de-identifies like the CLI."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("ciams", path=str(Path(sys.executable).parent)) or "ciams"
+    src = tmp_path / "in"
+    _write_inputs(src)
+    out = tmp_path / "out"
+    env = dict(os.environ, CIAMS_DEID_SECRET="cli-test-secret-0123456789")
+    run = subprocess.run(
+        [exe, "deid", str(src), str(out), "--subjects", str(_subjects(tmp_path)), "--jobs", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert len(list((out / "LOCAT-0001").glob("*.dcm"))) == 3
+    usage = subprocess.run([exe, "deid", "--help"], capture_output=True, text=True, check=False)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: ciams deid")

@@ -199,10 +199,11 @@ def _jobs(value: str) -> int:
     return n
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ciams.deid INPUT OUTPUT [options]``; returns the exit status."""
+def main(argv: list[str] | None = None, prog: str = "python -m ciams.deid") -> int:
+    """``ciams deid`` / ``python -m ciams.deid INPUT OUTPUT [options]``; returns the
+    exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m ciams.deid",
+        prog=prog,
         description="De-identify DICOM files with a trial recipe (PS3.15 Annex E + trial rules).",
     )
     parser.add_argument("input", type=_existing("input"), help="a DICOM file, a folder or a .zip")
