@@ -38,8 +38,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-# CIAMS DICOM listener processes (--dicom-workers); set by main().
+# CIAMS DICOM listener and HTTP processes (--dicom-workers, --http-workers); set by main().
 DICOM_WORKERS = 1
+HTTP_WORKERS = 1
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -204,6 +205,8 @@ class Ciams:
                 self.ae_title,
                 "--dicom-workers",
                 str(DICOM_WORKERS),
+                "--http-workers",
+                str(HTTP_WORKERS),
             ]
         else:
             cmd = [
@@ -791,9 +794,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "query index load), MaximumPduLength 131072, DICOMweb plugin; queries compared "
             "with the faster of StorageAccessOnFind Always (default) and Never",
             "ciams": "ciams serve in its own process, default settings but "
-            f"--dicom-workers {DICOM_WORKERS} (DICOM listener processes; Orthanc uses every "
-            "core too): acknowledged once the file and the index row are durable (SQLite "
-            "WAL, group commit, one syncfs per commit batch)",
+            f"--dicom-workers {DICOM_WORKERS} --http-workers {HTTP_WORKERS} (DICOM and HTTP "
+            "processes; Orthanc uses every core too): acknowledged once the file and the "
+            "index row are durable (SQLite WAL, group commit, one syncfs per commit batch)",
             "fresh_server_per_ingest_measurement": True,
             "ingest_repeats": args.repeat,
             "ingest_figure": "best of repeats (order alternates)",
@@ -1090,6 +1093,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="CIAMS DICOM listener processes (default: one per core, as Orthanc uses all)",
     )
+    ap.add_argument(
+        "--http-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CIAMS HTTP processes (default: one per core)",
+    )
     ap.add_argument("--no-readme", action="store_true", help="do not update the README table")
     ap.add_argument(
         "--fresh-index",
@@ -1097,8 +1106,9 @@ def main(argv: list[str] | None = None) -> int:
         help="reload Orthanc's query index instead of reusing bench/work/orthanc-index-N",
     )
     args = ap.parse_args(argv)
-    global DICOM_WORKERS
+    global DICOM_WORKERS, HTTP_WORKERS
     DICOM_WORKERS = max(1, args.dicom_workers)
+    HTTP_WORKERS = max(1, args.http_workers)
     if args.instances is None:
         args.instances = 200 if args.quick else 2000
     if args.index_rows is None:

@@ -131,6 +131,9 @@ def serve(
     dicom_workers: Annotated[
         int | None, typer.Option(help="DICOM listener processes sharing the port (default 1).")
     ] = None,
+    http_workers: Annotated[
+        int | None, typer.Option(help="HTTP processes sharing the port (default 1).")
+    ] = None,
     host: Annotated[
         str | None, typer.Option(help="Address for both listeners (default 127.0.0.1).")
     ] = None,
@@ -148,6 +151,8 @@ def serve(
         dicom["ae_title"] = ae_title
     if dicom_workers is not None:
         dicom["workers"] = dicom_workers
+    if http_workers is not None:
+        http["workers"] = http_workers
     if host is not None:
         http["host"] = dicom["host"] = host
     try:

@@ -76,6 +76,13 @@ class HttpSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address the HTTP listener binds to.")
     port: int = Field(8080, description="HTTP port.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="HTTP processes accepting on the one listening socket (the main one "
+        "and workers), so DICOMweb requests use several cores.",
+    )
     base_url: str = Field("", description="Public base URL, used in RetrieveURL; empty = derived.")
 
 

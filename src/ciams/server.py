@@ -18,7 +18,7 @@ import uvicorn
 from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.errors import CiamsError, ConfigError
-from ciams.net.workers import DicomWorkers
+from ciams.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,23 @@ def open_archive(settings: Settings) -> Archive:
     return archive
 
 
+def uvicorn_server(app: Any, settings: Settings) -> uvicorn.Server:
+    """The HTTP server of ``app`` (main process and HTTP workers alike)."""
+    extra: dict[str, Any] = {}
+    if settings.tls.enabled and settings.tls.http:
+        extra["ssl_certfile"] = str(settings.tls.cert_file)
+        extra["ssl_keyfile"] = str(settings.tls.key_file)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,
+        limit_concurrency=None,
+        **extra,
+    )
+    return uvicorn.Server(config)
+
+
 class Server:
     """Everything ``ciams serve`` runs, started and stopped as one."""
 
@@ -51,7 +68,7 @@ class Server:
         self.tasks = tasks.TaskRunner(settings, self.archive)
         self.dicom = DicomServer(self.archive, settings)
         self.app = create_app(self.archive, settings)
-        self._workers: DicomWorkers | None = None
+        self._workers: Workers | None = None
         self._http_sock: socket.socket | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -86,25 +103,12 @@ class Server:
         self.http_port = sock.getsockname()[1]
         return sock
 
-    def _uvicorn_config(self, **extra: Any) -> uvicorn.Config:
-        if self.https:
-            extra["ssl_certfile"] = str(self.settings.tls.cert_file)
-            extra["ssl_keyfile"] = str(self.settings.tls.key_file)
-        return uvicorn.Config(
-            self.app,
-            log_config=None,
-            access_log=False,
-            timeout_keep_alive=30,
-            limit_concurrency=None,
-            **extra,
-        )
-
     def start(self) -> None:
         """Start every part in background threads; returns when all listen."""
         self.tasks.start()
-        self._start_dicom()
         self._http_sock = self._bind_http()
-        self._uvicorn = uvicorn.Server(self._uvicorn_config())
+        self._start_dicom(self._http_sock)
+        self._uvicorn = uvicorn_server(self.app, self.settings)
         self._http_thread = threading.Thread(
             target=self._uvicorn.run,
             kwargs={"sockets": [self._http_sock]},
@@ -118,14 +122,20 @@ class Server:
                 raise ConfigError("the HTTP server did not start")
             time.sleep(0.02)
 
-    def _start_dicom(self) -> None:
-        if self.settings.dicom.workers > 1:
-            self._workers = DicomWorkers(self.settings)
+    def _start_dicom(self, http_sock: socket.socket) -> None:
+        """The DICOM listener, then the worker processes (which share ``http_sock``)."""
+        if max(self.settings.dicom.workers, self.settings.http.workers) > 1:
+            self._workers = Workers(self.settings)
             self.dicom.dispatch_to = self._workers.channels
         self.dicom_port = self.dicom.start()
         self.app.state.dicom_port = self.dicom_port
         if self._workers is not None:
-            self._workers.start()
+            self._workers.start(http_sock, self.dicom_port)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process IDs of the worker processes (none without workers)."""
+        return self._workers.pids if self._workers is not None else []
 
     def _stop_dicom(self) -> None:
         if self._workers is not None:
@@ -148,9 +158,9 @@ class Server:
     def run(self) -> None:
         """Run in the foreground until interrupted (Ctrl-C / SIGTERM)."""
         self.tasks.start()
-        self._start_dicom()
         sock = self._bind_http()
-        server = uvicorn.Server(self._uvicorn_config())
+        self._start_dicom(sock)
+        server = uvicorn_server(self.app, self.settings)
         try:
             server.run(sockets=[sock])
         finally:

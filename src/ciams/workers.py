@@ -1,11 +1,19 @@
-"""Extra DICOM processes (``dicom.workers``) serving associations the main process accepts.
+"""Worker processes of the server (``dicom.workers``, ``http.workers``).
 
-pynetdicom handles every association in Python threads of one process, so one process
-uses about one core. With ``dicom.workers = N`` the server starts N-1 more processes;
-the main process accepts each association and hands it, round-robin, to itself or to a
-worker over a Unix socket (the connection's descriptor travels with SCM_RIGHTS). Each
-worker has its own archive handle and index writer on the shared data folder and
-database, and only enqueues background tasks (the main process consumes them).
+pynetdicom serves every association in Python threads of one process, and uvicorn
+every request in one event loop, so one process uses about one core. With
+``dicom.workers = N`` or ``http.workers = M`` the server starts max(N, M) - 1 more
+processes:
+
+* DICOM: the main process accepts each association and hands it, round-robin, to
+  itself or to one of the first N - 1 workers over a Unix socket (the connection's
+  descriptor travels with SCM_RIGHTS); the TLS handshake happens where it is served.
+* HTTP: the first M - 1 workers run the same web application on the main process's
+  listening socket (inherited), and the kernel spreads the connections among the
+  processes accepting on it.
+
+Each worker has its own archive handle on the shared data folder and database, and
+only enqueues background tasks (the main process consumes them).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import multiprocessing
 import signal
 import socket
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -23,9 +32,15 @@ from ciams.config import Settings
 log = logging.getLogger(__name__)
 
 
-def _run(settings_data: dict[str, Any], channel: socket.socket, ready: Any) -> None:
+def _run(
+    settings_data: dict[str, Any],
+    channel: socket.socket | None,
+    http_sock: socket.socket | None,
+    dicom_port: int,
+    ready: Any,
+) -> None:
     from ciams.net.server import DicomServer, receive_associations
-    from ciams.server import open_archive
+    from ciams.server import open_archive, uvicorn_server
     from ciams.tasks import TaskRunner
 
     stop = threading.Event()
@@ -34,64 +49,99 @@ def _run(settings_data: dict[str, Any], channel: socket.socket, ready: Any) -> N
     settings = Settings(**settings_data)
     archive = open_archive(settings)
     TaskRunner(settings, archive)  # producer only: registers the post-commit listener
-    dicom = DicomServer(archive, settings)
+    dicom = DicomServer(archive, settings) if channel is not None else None
+    http = None
+    http_thread = None
     try:
-        dicom.start()  # on a private ephemeral loopback port: connections come by channel
-        server = dicom.server
-        assert server is not None
-        receiver = threading.Thread(
-            target=receive_associations,
-            args=(server, channel),
-            name="ciams-dicom-receiver",
-            daemon=True,
-        )
-        receiver.start()
+        if dicom is not None and channel is not None:
+            dicom.start()  # on a private ephemeral loopback port: connections come by channel
+            assert dicom.server is not None
+            threading.Thread(
+                target=receive_associations,
+                args=(dicom.server, channel),
+                name="ciams-dicom-receiver",
+                daemon=True,
+            ).start()
+        if http_sock is not None:
+            from ciams.web import create_app
+
+            app = create_app(archive, settings)
+            app.state.dicom_port = dicom_port
+            http = uvicorn_server(app, settings)
+            http_thread = threading.Thread(
+                target=http.run, kwargs={"sockets": [http_sock]}, name="ciams-http", daemon=True
+            )
+            http_thread.start()
+            deadline = time.monotonic() + 30
+            while not http.started and http_thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
         ready.set()
         stop.wait()
     finally:
-        channel.close()
-        dicom.stop()
+        if http is not None and http_thread is not None:
+            http.should_exit = True
+            http_thread.join(timeout=10)
+        if channel is not None:
+            channel.close()
+        if dicom is not None:
+            dicom.stop()
         archive.close()
 
 
-class DicomWorkers:
-    """Starts and stops the extra DICOM processes and holds the channels to them."""
+class Workers:
+    """Starts and stops the worker processes and holds the DICOM channels to them."""
 
     def __init__(self, settings: Settings) -> None:
         data = settings.model_dump(mode="json")
         data["dicom"]["host"] = "127.0.0.1"
-        data["dicom"]["port"] = 0  # a worker accepts nothing itself
+        data["dicom"]["port"] = 0  # a worker accepts no association itself
         self._data = data
-        self._count = settings.dicom.workers - 1
+        self._dicom = settings.dicom.workers - 1
+        self._http = settings.http.workers - 1
+        self._count = max(self._dicom, self._http)
         self._pairs = [
-            socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(self._count)
+            socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(self._dicom)
         ]
         self._procs: list[BaseProcess] = []
 
     @property
     def channels(self) -> list[socket.socket]:
-        """The main process's ends of the channels, one per worker."""
+        """The main process's ends of the DICOM channels, one per DICOM worker."""
         return [ours for ours, _ in self._pairs]
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, http_sock: socket.socket, dicom_port: int, timeout: float = 60) -> None:
         """Start the workers; returns once each one serves."""
         ctx = multiprocessing.get_context("spawn")
-        for _, theirs in self._pairs:
+        for i in range(self._count):
             ready = ctx.Event()
-            # multiprocessing hands the channel's descriptor to the child.
-            proc = ctx.Process(target=_run, args=(self._data, theirs, ready), daemon=True)
+            channel = self._pairs[i][1] if i < self._dicom else None
+            listener = http_sock if i < self._http else None
+            # multiprocessing hands the sockets' descriptors to the child.
+            proc = ctx.Process(
+                target=_run,
+                args=(self._data, channel, listener, dicom_port, ready),
+                daemon=True,
+                name=f"ciams-worker-{i + 1}",
+            )
             proc.start()
             self._procs.append(proc)
             if not ready.wait(timeout):
                 self.stop()
-                raise RuntimeError("a DICOM worker process did not start")
+                raise RuntimeError("a worker process did not start")
         for _, theirs in self._pairs:
             theirs.close()  # the children hold their ends now
         if self._procs:
-            log.info("%d extra DICOM processes", len(self._procs))
+            log.info(
+                "%d worker processes (%d DICOM, %d HTTP)", self._count, self._dicom, self._http
+            )
+
+    @property
+    def pids(self) -> list[int]:
+        """Process IDs of the running workers."""
+        return [p.pid for p in self._procs if p.pid is not None]
 
     def stop(self) -> None:
-        """Ask the workers to finish their associations and exit."""
+        """Ask the workers to finish their work and exit."""
         for ours, _ in self._pairs:
             ours.close()
         for proc in self._procs:
