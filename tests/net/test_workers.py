@@ -34,9 +34,21 @@ def test_two_listener_processes_share_the_port(
     env = dict(os.environ, TCP_NODELAY="1")
     procs = [
         subprocess.Popen(
-            ["storescu", "-aec", server.settings.dicom.ae_title, "-aet", f"SCU{n}", "+sd",
-             "127.0.0.1", str(server.dicom_port), str(folder)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                "storescu",
+                "-aec",
+                server.settings.dicom.ae_title,
+                "-aet",
+                f"SCU{n}",
+                "+sd",
+                "127.0.0.1",
+                str(server.dicom_port),
+                str(folder),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for n, folder in enumerate(folders)
     ]
