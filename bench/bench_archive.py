@@ -109,6 +109,20 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, logfile
         time.sleep(0.1)
 
 
+def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float, logfile: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        _wait_port(port, proc, timeout, logfile)
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no HTTP answer on port {port} after {timeout}s")
+        time.sleep(0.1)
+
+
 def provision_user(data_dir: Path) -> str:
     """An admin account for the benchmark client: an API token for DICOMweb, and the
     client's AE title bound to it for DIMSE. Returns the token ("" when this tree has
@@ -222,9 +236,11 @@ class Ciams:
             cmd, stdout=self._log, stderr=subprocess.STDOUT, env=NODELAY_ENV
         )
         try:
-            _wait_port(self.dicom_port, self.proc, 120, self.logfile)
             if self.mode == "cli":
-                _wait_port(self.http_port, self.proc, 60, self.logfile)
+                # The HTTP socket listens (and completes TCP handshakes) before the
+                # worker processes are up; the server answers once everything is.
+                _wait_http(self.http_port, self.proc, 120, self.logfile)
+            _wait_port(self.dicom_port, self.proc, 120, self.logfile)
         except Exception:
             self.stop()
             raise
