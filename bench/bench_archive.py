@@ -109,6 +109,14 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, logfile
         time.sleep(0.1)
 
 
+def settle() -> None:
+    """Flush what the harness itself left dirty (the previous server's deleted data
+    folder, ~1 GB) before a timed run, so that no server pays for it: CIAMS's group sync
+    (syncfs) would otherwise flush it within the measurement, Orthanc's per-file
+    fdatasync would not."""
+    os.sync()
+
+
 def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float, logfile: Path) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -699,6 +707,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for who in order:
                 srv: Any = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
                 with srv:
+                    settle()
                     cpu0 = _proc_cpu_seconds(srv.pid)
                     dt = storescu(folders, srv.dicom_port, srv.ae_title)
                     cpu1 = _proc_cpu_seconds(srv.pid)
@@ -743,6 +752,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 srv = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
                 srv.start()
                 wado_targets.append((who, srv))
+                settle()
                 dt = stow(srv.dicomweb_url, bodies, STOW_CONCURRENCY, srv.auth_headers)
                 got = srv.count_instances()
                 if got != n:
