@@ -21,7 +21,8 @@ def _element(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
-def _ui(value: str) -> bytes:
+def pad_ui(value: str) -> bytes:
+    """A UI value as bytes, padded to even length with NUL (PS3.5 6.2)."""
     raw = value.encode("ascii")
     return raw + b"\x00" if len(raw) % 2 else raw
 
@@ -38,10 +39,10 @@ def part10(
     body = b"".join(
         (
             _element(0x0001, b"OB", b"\x00\x01"),
-            _element(0x0002, b"UI", _ui(sop_class_uid)),
-            _element(0x0003, b"UI", _ui(sop_instance_uid)),
-            _element(0x0010, b"UI", _ui(transfer_syntax)),
-            _element(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
+            _element(0x0002, b"UI", pad_ui(sop_class_uid)),
+            _element(0x0003, b"UI", pad_ui(sop_instance_uid)),
+            _element(0x0010, b"UI", pad_ui(transfer_syntax)),
+            _element(0x0012, b"UI", pad_ui(PYNETDICOM_IMPLEMENTATION_UID)),
             _element(0x0013, b"SH", _sh(PYNETDICOM_IMPLEMENTATION_VERSION)),
         )
     )
