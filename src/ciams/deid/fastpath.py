@@ -129,21 +129,24 @@ class FileRange:
         return data
 
 
+def _decode_header(buf: bytes, pos: int) -> tuple[int, bytes, int, int]:
+    """``(tag, VR bytes, value length, value start)`` of the Explicit VR Little Endian
+    element header at ``pos`` (the caller checks that 8 bytes are there)."""
+    group, elem, vrb, short = _SHORT.unpack_from(buf, pos)
+    if vrb in _LONG_VRB:
+        return group << 16 | elem, vrb, _U32.unpack_from(buf, pos + 8)[0], pos + 12
+    return group << 16 | elem, vrb, short, pos + 8
+
+
 def _pixel_header_end(head: bytes, size: int) -> int | None:
     """End of the top-level Pixel Data header if its value runs to the end of the file."""
     pos = 132
     end = len(head)
     while pos + 12 <= end:
-        group, elem, vrb, short = _SHORT.unpack_from(head, pos)
-        if vrb in _LONG_VRB:
-            length = _U32.unpack_from(head, pos + 8)[0]
-            vstart = pos + 12
-        else:
-            length = short
-            vstart = pos + 8
+        tag, _vrb, length, vstart = _decode_header(head, pos)
         if length == 0xFFFFFFFF:
             return None
-        if (group << 16 | elem) == PIXEL_DATA:
+        if tag == PIXEL_DATA:
             return vstart if vstart + length == size else None
         pos = vstart + length
     return None
@@ -163,19 +166,12 @@ def _elements(buf: bytes, pos: int, end: int, external_end: int = -1) -> Iterato
     while pos < end:
         if end - pos < 8:
             raise Decline
-        group, elem, vrb, short = _SHORT.unpack_from(buf, pos)
-        tag = group << 16 | elem
-        if group == 0xFFFE:
+        tag, vrb, length, vstart = _decode_header(buf, pos)
+        if tag >> 16 == 0xFFFE:
             raise Decline  # a delimiter where an element belongs
         vr = vrb.decode("latin-1")
-        if vr in _LONG_VRS:
-            length = _U32.unpack_from(buf, pos + 8)[0]
-            vstart = pos + 12
-        else:
-            if not vr.isalpha() or not vr.isupper():
-                raise Decline
-            length = short
-            vstart = pos + 8
+        if vr not in _LONG_VRS and (not vr.isalpha() or not vr.isupper()):
+            raise Decline
         if length == 0xFFFFFFFF:
             if vr not in ("SQ", "OB", "OW"):
                 raise Decline
@@ -213,14 +209,7 @@ def _next_element(buf: bytes, pos: int, end: int) -> int:
     """Position after the element starting at ``pos``."""
     if end - pos < 8:
         raise Decline
-    _group, _elem, vrb, short = _SHORT.unpack_from(buf, pos)
-    length: int
-    if vrb.decode("latin-1") in _LONG_VRS:
-        length = _U32.unpack_from(buf, pos + 8)[0]
-        vstart = pos + 12
-    else:
-        length = short
-        vstart = pos + 8
+    _tag, _vrb, length, vstart = _decode_header(buf, pos)
     if length == 0xFFFFFFFF:
         return _skip_undefined(buf, vstart, end)
     if vstart + length > end:
