@@ -38,10 +38,15 @@ def open_archive(settings: Settings) -> Archive:
     return archive
 
 
+def serves_https(settings: Settings) -> bool:
+    """Whether the HTTP side runs TLS."""
+    return settings.tls.enabled and settings.tls.http
+
+
 def uvicorn_server(app: Any, settings: Settings) -> uvicorn.Server:
     """The HTTP server of ``app`` (main process and HTTP workers alike)."""
     extra: dict[str, Any] = {}
-    if settings.tls.enabled and settings.tls.http:
+    if serves_https(settings):
         extra["ssl_certfile"] = str(settings.tls.cert_file)
         extra["ssl_keyfile"] = str(settings.tls.key_file)
     config = uvicorn.Config(
@@ -77,8 +82,7 @@ class Server:
 
     @property
     def https(self) -> bool:
-        tls = self.settings.tls
-        return tls.enabled and tls.http
+        return serves_https(self.settings)
 
     @property
     def http_url(self) -> str:

@@ -14,7 +14,7 @@ from tests.corpus import make_series
 from tests.web.conftest import client_bytes, multipart
 
 
-def _listening_inodes(pid: int) -> set[str]:
+def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -26,9 +26,9 @@ def _listening_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _established_on(port: int) -> dict[str, int]:
-    """Inode of each established TCP socket whose local port is ``port``."""
-    found = {}
+def _established_on(port: int) -> set[str]:
+    """Inodes of the established TCP sockets whose local port is ``port``."""
+    found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -38,7 +38,7 @@ def _established_on(port: int) -> dict[str, int]:
             fields = line.split()
             local, state, inode = fields[1], fields[3], fields[9]
             if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                found[inode] = port
+                found.add(inode)
     return found
 
 
@@ -58,7 +58,7 @@ def test_two_http_processes_share_the_socket_and_the_archive(
             assert c.get("/api/health").status_code == 200
             clients.append(c)
             ours = _established_on(server.http_port)
-            owners = {pid for pid in pids if _listening_inodes(pid) & ours.keys()}
+            owners = {pid for pid in pids if _socket_inodes(pid) & ours}
             if len(owners) == 2 and len(clients) >= 8:
                 break
         assert owners == set(pids), "every connection went to one process"
