@@ -171,7 +171,9 @@ def test_concurrent_ingest_group_commits(archive: Archive) -> None:
     blobs = [to_bytes(ds) for ds in make_series(40, rows=16, columns=16)]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(archive.ingest, blobs))
-    assert all(r.status == "stored" for r in results)
+    assert all(r.status == "stored" for r in results), [
+        (r.status, r.reason) for r in results if r.status != "stored"
+    ]
     assert archive.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 40}
 
 

@@ -8,7 +8,8 @@ import copy
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 import pytest
 from pydicom.dataset import Dataset
@@ -18,6 +19,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from ciams.net.reactor import (
@@ -221,3 +223,78 @@ def test_failure_responses_still_go_through_pynetdicom(node: DicomNode) -> None:
         status = assoc.send_c_store(changed)
     assert status.Status == 0xB000
     assert "other content" in str(status.ErrorComment)
+
+
+def _pdvs(primitive: Any, max_pdu: int) -> list[tuple[int, int, memoryview]]:
+    """The PDVs pynetdicom's encoder sends for ``primitive``, as (context, control, PDV
+    data with its control header)."""
+    from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
+
+    message = C_STORE_RQ() if isinstance(primitive, C_STORE) else C_ECHO_RQ()
+    message.primitive_to_message(primitive)
+    return [
+        (context_id, data[0], memoryview(data))
+        for pdata in message.encode_msg(5, max_pdu)
+        for context_id, data in pdata.presentation_data_value_list
+    ]
+
+
+@pytest.mark.parametrize("max_pdu", [0, 40, 16382])
+def test_c_store_requests_are_assembled_as_pynetdicom_encodes_them(max_pdu: int) -> None:
+    """Fragmented command sets and data sets (a 40-byte PDU splits both) decode into
+    the request pynetdicom's own decoder would build."""
+    from ciams.net.reactor import MessageAssembly
+
+    sent = C_STORE()
+    sent.MessageID = 7
+    sent.AffectedSOPClassUID = CTImageStorage
+    sent.AffectedSOPInstanceUID = "1.2.3.4.5"
+    sent.Priority = 2
+    sent.MoveOriginatorApplicationEntityTitle = "MOVER"
+    sent.MoveOriginatorMessageID = 3
+    sent.DataSet = BytesIO(b"\x08\x00\x18\x00" + bytes(range(256)) * 3)
+    assembly = MessageAssembly()
+    pdvs = _pdvs(sent, max_pdu)
+    if max_pdu == 40:
+        assert sum(1 for _, control, _ in pdvs if control & 1) > 1  # a split command set
+    results = [assembly.add(cx, control, data) for cx, control, data in pdvs]
+    assert results[:-1] == [None] * (len(results) - 1)
+    got = results[-1]
+    assert got is not None
+    for name in (
+        "MessageID",
+        "AffectedSOPClassUID",
+        "AffectedSOPInstanceUID",
+        "Priority",
+        "MoveOriginatorApplicationEntityTitle",
+        "MoveOriginatorMessageID",
+    ):
+        assert getattr(got, name) == getattr(sent, name), name
+    assert got.DataSet is not None and sent.DataSet is not None
+    assert got.DataSet.getvalue() == sent.DataSet.getvalue()
+    assert got._context_id == 5
+    assert not assembly.forwarded
+
+
+def test_other_messages_go_whole_to_pynetdicom() -> None:
+    """A C-ECHO (or anything but a C-STORE with a data set) is handed on unchanged."""
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    from ciams.net.reactor import MessageAssembly
+
+    echo = C_ECHO()
+    echo.MessageID = 9
+    echo.AffectedSOPClassUID = VERIFICATION
+    assembly = MessageAssembly()
+    for cx, control, data in _pdvs(echo, 40):
+        assert assembly.add(cx, control, data) is None
+    assert assembly.complete_for_pynetdicom
+    (forwarded,) = assembly.take_forwarded()
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = cast(Any, [forwarded])
+    from pynetdicom.dimse_messages import DIMSEMessage
+
+    message = DIMSEMessage()
+    assert message.decode_msg(primitive)
+    assert message.command_set.MessageID == 9
+    assert not assembly.forwarded and not assembly.complete_for_pynetdicom

@@ -39,6 +39,25 @@ _FIND_INSTANCE = select(
 ).where(Instance.sop_instance_uid == bindparam("uid"))
 _INSERT_INSTANCE = insert(Instance.__table__)  # type: ignore[arg-type]
 
+
+def _insert_if_new(dialect: str) -> Any:
+    """INSERT of an instance row that returns its id, or nothing when its SOP Instance
+    UID is already indexed (one statement instead of a lookup and an insert); None when
+    the database has no such statement."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert  # type: ignore[assignment]
+    else:
+        return None
+    table: Any = Instance.__table__
+    return (
+        upsert(table)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(Instance.id)
+    )
+
+
 Outcome = Literal["stored", "duplicate", "versioned", "conflict", "out-of-scope"]
 
 
@@ -77,6 +96,10 @@ class IndexWriter:
         sync_after_commit: bool = False,
     ) -> None:
         self._engine = engine
+        # One connection kept for the writer: checking one out of the pool and resetting
+        # it on return cost more per commit than the commit itself.
+        self._conn: Connection | None = None
+        self._insert_if_new = _insert_if_new(engine.dialect.name)
         self._sync = sync or (lambda: None)
         self._sync_after_commit = sync_after_commit
         self._on_conflict = on_conflict
@@ -127,12 +150,28 @@ class IndexWriter:
             while self._leading or self._pending:
                 if not self._cond.wait(timeout=30):
                     break
+            self._drop_connection()
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.invalidated or self._conn.closed:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        """Forget the writer's connection (after an error it may be unusable)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                log.debug("closing the index connection failed", exc_info=True)
 
     def _commit_batch(self, batch: list[tuple[IndexRequest, Future[IndexOutcome]]]) -> None:
         try:
             if not self._sync_after_commit:
                 self._sync()  # the files first: a durable row never points at a lost file
-            with self._engine.begin() as conn:
+            conn = self._connection()
+            with conn.begin():
                 outcomes = [self._apply(conn, req) for req, _ in batch]
             if self._sync_after_commit:
                 # One flush makes the batch's files and the SQLite WAL durable together;
@@ -140,6 +179,7 @@ class IndexWriter:
                 self._sync()
         except Exception:
             self._clear_caches()
+            self._drop_connection()
             if len(batch) > 1:
                 for one in batch:
                     self._commit_batch([one])
@@ -168,7 +208,6 @@ class IndexWriter:
         # and the ORM's unit of work cost more than the SQL itself.
         parsed = req.parsed
         now = datetime.now(UTC)
-        existing = conn.execute(_FIND_INSTANCE, {"uid": parsed.sop_instance_uid}).first()
         values = parsed.values
         values["study"]["trial_code"] = req.source.get("trial", "")[:64]
         values["study"]["site_code"] = req.source.get("site", "")[:64]
@@ -184,20 +223,20 @@ class IndexWriter:
         ):
             # A scoped sender may not add to (or replace in) another trial's or site's study.
             return IndexOutcome("out-of-scope")
+        series_pk = self._series_cache.get(values["series"]["series_instance_uid"])
+        if series_pk is not None and self._insert_if_new is not None:
+            # A known series: try the insert first; the usual case is then one statement.
+            row = self._instance_row(req, values, series_pk, now)
+            # RETURNING rather than rowcount, which drivers do not all report for inserts.
+            if conn.execute(self._insert_if_new, dict(row, version=1)).first() is not None:
+                return IndexOutcome("stored")
+        existing = conn.execute(_FIND_INSTANCE, {"uid": parsed.sop_instance_uid}).first()
         if existing is not None and existing.sha256 == parsed.sha256:
             return IndexOutcome("duplicate")
         if existing is not None and self._on_conflict == "reject":
             return IndexOutcome("conflict", previous_sha256=existing.sha256)
         series_pk, new_series = self._series_pk(conn, values, now)
-        row = dict(
-            values["instance"],
-            series_pk=series_pk,
-            storage_key=req.storage_key,
-            received_at=now,
-            calling_ae=req.source.get("calling_ae", "")[:16],
-            remote_address=req.source.get("remote_address", "")[:64],
-            interface=req.source.get("interface", "")[:16],
-        )
+        row = self._instance_row(req, values, series_pk, now)
         if existing is None:
             conn.execute(_INSERT_INSTANCE, dict(row, version=1))
             return IndexOutcome("stored", new_series=new_series)
@@ -218,6 +257,20 @@ class IndexWriter:
             .values(dict(row, version=existing.version + 1))
         )
         return IndexOutcome("versioned", new_series=new_series, previous_sha256=existing.sha256)
+
+    @staticmethod
+    def _instance_row(
+        req: IndexRequest, values: dict[str, dict[str, Any]], series_pk: int, now: datetime
+    ) -> dict[str, Any]:
+        return dict(
+            values["instance"],
+            series_pk=series_pk,
+            storage_key=req.storage_key,
+            received_at=now,
+            calling_ae=req.source.get("calling_ae", "")[:16],
+            remote_address=req.source.get("remote_address", "")[:64],
+            interface=req.source.get("interface", "")[:16],
+        )
 
     def _series_pk(
         self, conn: Connection, values: dict[str, dict[str, Any]], now: datetime

@@ -239,12 +239,21 @@ class Archive:
         (or the input is in quarantine with its reason)."""
         source = dict(source or {})
         try:
+            # Written first, so that the disk works on the bytes while they are parsed.
+            staged = self.storage.stage(data)
+        except CiamsError as exc:
+            return self._reject(data, exc, source, parsed=None, status="failed")
+        try:
             parsed = parse_instance(data)
             for guard in self._guards:
                 guard(parsed, source)
             parsed.values  # noqa: B018 - index values are computed here, off the writer thread
         except CiamsError as exc:
+            staged.discard()
             return self._reject(data, exc, source, parsed=None)
+        except BaseException:
+            staged.discard()
+            raise
         ids: dict[str, Any] = {
             "sop_instance_uid": parsed.sop_instance_uid,
             "sop_class_uid": parsed.sop_class_uid,
@@ -254,7 +263,7 @@ class Archive:
         }
         key = content_key(parsed.sha256)
         try:
-            self.storage.put(key, data, durable=False)  # the index writer syncs
+            staged.commit(key)  # the index writer syncs
             outcome = self._writer.submit(IndexRequest(parsed, key, source))
         except CiamsError as exc:
             return self._reject(data, exc, source, parsed=parsed, status="failed")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import itertools
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -25,12 +25,27 @@ def content_key(sha256_hex: str) -> str:
     return f"{sha256_hex[:2]}/{sha256_hex[2:4]}/{sha256_hex}.dcm"
 
 
+class Staged(Protocol):
+    """Bytes handed to a storage area before their key is known."""
+
+    def commit(self, key: str) -> None:
+        """Put the bytes under ``key`` (like ``put(key, data, durable=False)``)."""
+
+    def discard(self) -> None:
+        """Drop the bytes."""
+
+
 class StorageArea(Protocol):
     """What the archive needs from a storage backend."""
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Write atomically. With ``durable`` the bytes survive a crash when this returns;
         without it they do once :meth:`sync` returns."""
+
+    def stage(self, data: bytes | memoryview) -> Staged:
+        """Start writing bytes whose key is not known yet (content-addressed keys need
+        the hash, and the disk can work while the caller parses); not durable until
+        :meth:`sync` after ``commit``."""
 
     def sync(self) -> None:
         """Make every completed :meth:`put` durable (one flush for many writes)."""
@@ -72,6 +87,7 @@ class LocalStorage:
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._counter = itertools.count()
 
     def _path(self, key: str) -> Path:
         # A string check rather than Path.resolve(): this runs for every read and write.
@@ -89,9 +105,44 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         path = self._path(key)
-        if path.exists() and path.stat().st_size == len(data):
-            # Content-addressed: same key and size means the same durable bytes.
+        if self._present(path, len(data)):
             return
+        self._install(self._write_temp(data, durable=durable), path, durable=durable)
+
+    def stage(self, data: bytes | memoryview) -> LocalStaged:
+        return LocalStaged(self, self._write_temp(data, durable=False), len(data))
+
+    def _present(self, path: Path, size: int) -> bool:
+        """Whether ``path`` already holds content of this size (content-addressed keys:
+        same key and size means the same durable bytes)."""
+        try:
+            return os.stat(path).st_size == size
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
+
+    def _write_temp(self, data: bytes | memoryview, *, durable: bool) -> Path:
+        # pid and a counter make the name unique across processes and threads without
+        # mkstemp's random names and retries; O_EXCL still guards.
+        tmp = self._tmp / f"{os.getpid()}-{next(self._counter)}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+                if durable:
+                    os.fsync(fd)
+                else:
+                    start_writeback(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write to {self._tmp}: {exc.strerror or exc}") from exc
+        return tmp
+
+    def _install(self, tmp: Path, path: Path, *, durable: bool) -> None:
+        """Rename a written temporary file to its key (atomic)."""
         parent = path.parent
         try:
             if parent not in self._known_dirs:
@@ -103,21 +154,14 @@ class LocalStorage:
                     _fsync_dir(parent.parent)
                     _fsync_dir(parent.parent.parent)
                 self._known_dirs.add(parent)
-            fd, tmp = tempfile.mkstemp(dir=self._tmp, suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    if durable:
-                        os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            os.replace(tmp, path)
             if durable:
                 _fsync_dir(parent)
         except OSError as exc:
-            raise StorageError(f"cannot write {key}: {exc.strerror or exc}") from exc
+            tmp.unlink(missing_ok=True)
+            raise StorageError(
+                f"cannot write {path.relative_to(self.root)}: {exc.strerror or exc}"
+            ) from exc
 
     def sync(self) -> None:
         syncfs(self.root)
@@ -168,7 +212,48 @@ class LocalStorage:
         return self._path(key)
 
 
+class LocalStaged:
+    """Bytes written to a temporary file of a :class:`LocalStorage`, not yet under a key."""
+
+    def __init__(self, storage: LocalStorage, tmp: Path, size: int) -> None:
+        self._storage, self._tmp, self._size = storage, tmp, size
+
+    def commit(self, key: str) -> None:
+        path = self._storage._path(key)
+        if self._storage._present(path, self._size):
+            self.discard()
+            return
+        self._storage._install(self._tmp, path, durable=False)
+
+    def discard(self) -> None:
+        self._tmp.unlink(missing_ok=True)
+
+
 _libc: ctypes.CDLL | None = None
+# sync_file_range(2) flag: start writing the range's dirty pages, do not wait.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _c_library() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a file's dirty pages to disk without waiting (Linux), so that
+    the sync that acknowledges it finds less to do; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        _c_library().sync_file_range(
+            fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE
+        )
 
 
 def syncfs(path: Path) -> None:
@@ -178,13 +263,10 @@ def syncfs(path: Path) -> None:
     on the same filesystem) durable at the cost of one journal commit, where per-file
     ``fsync`` of file and folder costs two each. Falls back to ``sync(2)`` elsewhere.
     """
-    global _libc
     fd = os.open(path, os.O_RDONLY)
     try:
         if sys.platform.startswith("linux"):
-            if _libc is None:
-                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            if _libc.syncfs(fd) != 0:
+            if _c_library().syncfs(fd) != 0:
                 err = ctypes.get_errno()
                 raise StorageError(f"syncfs failed on {path}: {os.strerror(err)}")
         else:  # pragma: no cover - non-Linux

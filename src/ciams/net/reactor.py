@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import struct
+from io import BytesIO
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -42,6 +43,8 @@ from ciams.net.part10 import pad_ui
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">BBL")
+_PDV = struct.Struct(">LBB")  # PDV item length, presentation context ID, control header
+_COMMAND_ELEMENT = struct.Struct("<HHL")
 _P_DATA_TF, _A_RELEASE_RQ, _A_ABORT = 0x04, 0x05, 0x07
 # PS3.8 9.3.8: A-ABORT source 2 (service provider), reason 2 (unexpected PDU).
 _UNEXPECTED_PDU = 0x02
@@ -166,6 +169,7 @@ class StorageAssociation(Association):
             self.kill()
 
     def _serve_storage(self) -> None:
+        self._messages = MessageAssembly()
         sock = cast(socket.socket, self.dul.socket.socket)  # type: ignore[union-attr]
         reader = PduReader(sock, self.network_timeout)
         limit = (self.acceptor.maximum_length or 0) or 0xFFFFFFFF
@@ -205,10 +209,40 @@ class StorageAssociation(Association):
                 self._ended(aborted=True)
                 return
 
-    def _on_data(self, pdu_bytes: memoryview) -> None:
-        pdu = P_DATA_TF()
-        pdu.decode(pdu_bytes)  # type: ignore[arg-type]  # slices stay views: no copies
-        self.dimse.receive_primitive(pdu.to_primitive())
+    def _on_data(self, pdu: memoryview) -> None:
+        """Serve the PDVs of one P-DATA-TF PDU (PS3.8 9.3.5, E.2).
+
+        C-STORE requests are assembled and decoded here; any other message (C-ECHO,
+        or a request this association cannot serve) goes to pynetdicom's DIMSE layer,
+        which answers or aborts as it would on its own reactor."""
+        messages = self._messages
+        end, off = len(pdu), 6
+        while off < end:
+            if off + 6 > end:
+                self._provider_abort()
+                return
+            length, context_id, control = _PDV.unpack_from(pdu, off)
+            stop = off + 4 + length
+            if length < 2 or stop > end:
+                log.warning("malformed PDV in a P-DATA-TF PDU; aborting")
+                self._provider_abort()
+                return
+            request = messages.add(context_id, control, pdu[off + 5 : stop])
+            off = stop
+            if request is not None:
+                self._serve_request(request, context_id)
+            elif messages.complete_for_pynetdicom:
+                self._forward(messages.take_forwarded())
+            if self.is_aborted or not self.is_established:
+                return
+        if messages.forwarded:  # part of a long message: pynetdicom keeps assembling it
+            self._forward(messages.take_forwarded())
+
+    def _forward(self, pdvs: list[list[Any]]) -> None:
+        primitive = P_DATA()
+        # pynetdicom's setter insists on [ID, PDV] lists (its annotation says tuples).
+        primitive.presentation_data_value_list = cast(Any, pdvs)
+        self.dimse.receive_primitive(primitive)
         if not self.dul.event_queue.empty():  # Evt19: pynetdicom could not decode it
             self._provider_abort()
             return
@@ -232,6 +266,129 @@ class StorageAssociation(Association):
             evt.trigger(self, evt.EVT_ABORTED, {})
         else:
             evt.trigger(self, evt.EVT_RELEASED, {})
+
+
+# Command Field values (PS3.7 E.1).
+_C_STORE_RQ = 0x0001
+_NO_DATA_SET = 0x0101
+
+
+def decode_command(encoded: bytes) -> dict[int, bytes] | None:
+    """The elements of a command set (group 0000, always Implicit VR Little Endian,
+    PS3.7 6.3.1) as raw values by element number; None when it is not well formed."""
+    fields: dict[int, bytes] = {}
+    off, end = 0, len(encoded)
+    while off < end:
+        if off + 8 > end:
+            return None
+        group, element, length = _COMMAND_ELEMENT.unpack_from(encoded, off)
+        off += 8
+        if group != 0x0000 or off + length > end:
+            return None
+        fields[element] = encoded[off : off + length]
+        off += length
+    return fields
+
+
+def _us(raw: bytes | None) -> int | None:
+    return int.from_bytes(raw[:2], "little") if raw is not None and len(raw) >= 2 else None
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("ascii", "replace").strip(" \x00") if raw is not None else None
+
+
+def store_request(fields: dict[int, bytes], context_id: int, data: BytesIO) -> C_STORE | None:
+    """pynetdicom's C-STORE request primitive from decoded command fields, as its own
+    decoder would build it; None when a required field is missing."""
+    message_id = _us(fields.get(0x0110))
+    sop_class, sop_instance = _text(fields.get(0x0002)), _text(fields.get(0x1000))
+    if message_id is None or not sop_class or not sop_instance:
+        return None
+    req = C_STORE()
+    req.MessageID = message_id
+    req.AffectedSOPClassUID = sop_class
+    req.AffectedSOPInstanceUID = sop_instance
+    req.Priority = _us(fields.get(0x0700)) or 0
+    originator = _text(fields.get(0x1030))
+    if originator:
+        req.MoveOriginatorApplicationEntityTitle = originator
+    originator_id = _us(fields.get(0x1031))
+    if originator_id is not None:
+        req.MoveOriginatorMessageID = originator_id
+    req.DataSet = data
+    req._context_id = context_id
+    return req
+
+
+class MessageAssembly:
+    """Reassembles DIMSE messages from PDVs (PS3.8 E.2).
+
+    A C-STORE request is decoded here: its command set is a handful of fixed elements,
+    and pynetdicom's general decoder (a pydicom data set per command, fragments copied
+    twice) cost more than the rest of the association's work. Every other message is
+    handed on, whole PDVs at a time, to pynetdicom's decoder (``take_forwarded``)."""
+
+    def __init__(self) -> None:
+        self._command = bytearray()
+        self._store: tuple[int, dict[int, bytes], BytesIO] | None = None
+        self._forwarding = False
+        self.forwarded: list[list[Any]] = []
+        self.complete_for_pynetdicom = False
+
+    def add(self, context_id: int, control: int, fragment: memoryview) -> C_STORE | None:
+        """Take one PDV (``fragment`` starts with its control header); returns a
+        complete C-STORE request when this PDV completed one."""
+        last = bool(control & 0x02)
+        if self._forwarding:
+            self.forwarded.append([context_id, bytes(fragment)])
+            if last and not control & 0x01:  # the data set's last fragment
+                self._forwarding, self.complete_for_pynetdicom = False, True
+            return None
+        if control & 0x01:  # command
+            self._command += fragment[1:]
+            if not last:
+                return None
+            encoded = bytes(self._command)
+            self._command.clear()
+            fields = decode_command(encoded)
+            has_data = fields is not None and _us(fields.get(0x0800)) != _NO_DATA_SET
+            if fields is not None and has_data and _us(fields.get(0x0100)) == _C_STORE_RQ:
+                self._store = (context_id, fields, BytesIO())
+                return None
+            self.forwarded.append([context_id, b"\x03" + encoded])
+            self._forwarding = has_data
+            self.complete_for_pynetdicom = not has_data
+            return None
+        if self._store is None:
+            # A data set with no command: pynetdicom decides (it treats it as an error).
+            self.forwarded.append([context_id, bytes(fragment)])
+            self.complete_for_pynetdicom = True
+            return None
+        store_context, fields, data = self._store
+        data.write(fragment[1:])
+        if not last:
+            return None
+        self._store = None
+        request = store_request(fields, store_context, data)
+        if request is None:  # let pynetdicom's decoder reject it as it would
+            self.forwarded.append([store_context, b"\x03" + _encode_fields(fields)])
+            self.forwarded.append([store_context, b"\x02" + data.getvalue()])
+            self.complete_for_pynetdicom = True
+        return request
+
+    def take_forwarded(self) -> list[list[Any]]:
+        """The PDVs for pynetdicom since the last call."""
+        pdvs, self.forwarded = self.forwarded, []
+        self.complete_for_pynetdicom = False
+        return pdvs
+
+
+def _encode_fields(fields: dict[int, bytes]) -> bytes:
+    return b"".join(
+        _COMMAND_ELEMENT.pack(0x0000, element, len(value)) + value
+        for element, value in fields.items()
+    )
 
 
 class PduReader:
