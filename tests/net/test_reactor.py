@@ -22,6 +22,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from ciams.net.part10 import part10
 from ciams.net.reactor import (
     CheapCopyContexts,
     HandoverDUL,
@@ -253,7 +254,7 @@ def test_c_store_requests_are_assembled_as_pynetdicom_encodes_them(max_pdu: int)
     sent.MoveOriginatorApplicationEntityTitle = "MOVER"
     sent.MoveOriginatorMessageID = 3
     sent.DataSet = BytesIO(b"\x08\x00\x18\x00" + bytes(range(256)) * 3)
-    assembly = MessageAssembly()
+    assembly = MessageAssembly({5: ExplicitVRLittleEndian}.get)
     pdvs = _pdvs(sent, max_pdu)
     if max_pdu == 40:
         assert sum(1 for _, control, _ in pdvs if control & 1) > 1  # a split command set
@@ -272,8 +273,27 @@ def test_c_store_requests_are_assembled_as_pynetdicom_encodes_them(max_pdu: int)
         assert getattr(got, name) == getattr(sent, name), name
     assert got.DataSet is not None and sent.DataSet is not None
     assert got.DataSet.getvalue() == sent.DataSet.getvalue()
+    assert got.part10 == part10(
+        CTImageStorage, "1.2.3.4.5", ExplicitVRLittleEndian, sent.DataSet.getvalue()
+    )
     assert got._context_id == 5
     assert not assembly.forwarded
+
+
+def test_c_store_on_an_unknown_context_goes_to_pynetdicom() -> None:
+    """No accepted context, no Part 10 header: pynetdicom's decoder gets the message
+    (and the association then aborts as it would on pynetdicom's reactor)."""
+    from ciams.net.reactor import MessageAssembly
+
+    sent = C_STORE()
+    sent.MessageID = 1
+    sent.AffectedSOPClassUID = CTImageStorage
+    sent.AffectedSOPInstanceUID = "1.2.3"
+    sent.DataSet = BytesIO(b"\x08\x00\x18\x00\x00\x00\x00\x00")
+    assembly = MessageAssembly({}.get)
+    assert [assembly.add(*pdv) for pdv in _pdvs(sent, 0)] == [None, None]
+    assert assembly.complete_for_pynetdicom
+    assert [control[0] for _, control in assembly.take_forwarded()] == [0x03, 0x02]
 
 
 def test_other_messages_go_whole_to_pynetdicom() -> None:
@@ -285,7 +305,7 @@ def test_other_messages_go_whole_to_pynetdicom() -> None:
     echo = C_ECHO()
     echo.MessageID = 9
     echo.AffectedSOPClassUID = VERIFICATION
-    assembly = MessageAssembly()
+    assembly = MessageAssembly({5: ExplicitVRLittleEndian}.get)
     for cx, control, data in _pdvs(echo, 40):
         assert assembly.add(cx, control, data) is None
     assert assembly.complete_for_pynetdicom

@@ -32,10 +32,8 @@ def _sh(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-def part10(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, data: bytes | memoryview
-) -> bytes:
-    """Preamble, prefix and File Meta Information, then the data set as received."""
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, prefix and File Meta Information of a received instance."""
     body = b"".join(
         (
             _element(0x0001, b"OB", b"\x00\x01"),
@@ -47,4 +45,11 @@ def part10(
         )
     )
     length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
-    return b"".join((_PREAMBLE, length, body, data))
+    return b"".join((_PREAMBLE, length, body))
+
+
+def part10(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, data: bytes | memoryview
+) -> bytes:
+    """Preamble, prefix and File Meta Information, then the data set as received."""
+    return part10_header(sop_class_uid, sop_instance_uid, transfer_syntax) + data

@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
@@ -38,7 +39,7 @@ from pynetdicom.service_class import StorageServiceClass, VerificationServiceCla
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import RequestHandler
 
-from ciams.net.part10 import pad_ui
+from ciams.net.part10 import pad_ui, part10_header
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class StorageAssociation(Association):
             self.kill()
 
     def _serve_storage(self) -> None:
-        self._messages = MessageAssembly()
+        self._messages = MessageAssembly(self._context_syntax)
         sock = cast(socket.socket, self.dul.socket.socket)  # type: ignore[union-attr]
         reader = PduReader(sock, self.network_timeout)
         limit = (self.acceptor.maximum_length or 0) or 0xFFFFFFFF
@@ -208,6 +209,10 @@ class StorageAssociation(Association):
                 log.info("DICOM connection lost: %s", exc)
                 self._ended(aborted=True)
                 return
+
+    def _context_syntax(self, context_id: int) -> str | None:
+        cx = self._accepted_cx.get(context_id)
+        return str(cx.transfer_syntax[0]) if cx is not None and cx.transfer_syntax else None
 
     def _on_data(self, pdu: memoryview) -> None:
         """Serve the PDVs of one P-DATA-TF PDU (PS3.8 9.3.5, E.2).
@@ -298,14 +303,35 @@ def _text(raw: bytes | None) -> str | None:
     return raw.decode("ascii", "replace").strip(" \x00") if raw is not None else None
 
 
-def store_request(fields: dict[int, bytes], context_id: int, data: BytesIO) -> C_STORE | None:
+class ReceivedStore(C_STORE):
+    """A C-STORE request whose data set was received straight behind its Part 10 header
+    (:attr:`part10`): the handler stores those bytes without another copy."""
+
+    part10: bytearray
+    header_length: int
+
+    @property
+    def DataSet(self) -> BytesIO | None:
+        # pynetdicom's view of the data set, copied only for a handler that asks.
+        return BytesIO(self.part10[self.header_length :])
+
+    @DataSet.setter
+    def DataSet(self, value: BytesIO | None) -> None:
+        if value is not None:
+            raise TypeError("a received C-STORE request keeps its data set in part10")
+
+
+def store_request(
+    fields: dict[int, bytes], context_id: int, data: bytearray, header_length: int
+) -> ReceivedStore | None:
     """pynetdicom's C-STORE request primitive from decoded command fields, as its own
-    decoder would build it; None when a required field is missing."""
+    decoder would build it, over ``data`` (Part 10 header, then the data set); None when
+    a required field is missing."""
     message_id = _us(fields.get(0x0110))
     sop_class, sop_instance = _text(fields.get(0x0002)), _text(fields.get(0x1000))
     if message_id is None or not sop_class or not sop_instance:
         return None
-    req = C_STORE()
+    req = ReceivedStore()
     req.MessageID = message_id
     req.AffectedSOPClassUID = sop_class
     req.AffectedSOPInstanceUID = sop_instance
@@ -316,7 +342,7 @@ def store_request(fields: dict[int, bytes], context_id: int, data: BytesIO) -> C
     originator_id = _us(fields.get(0x1031))
     if originator_id is not None:
         req.MoveOriginatorMessageID = originator_id
-    req.DataSet = data
+    req.part10, req.header_length = data, header_length
     req._context_id = context_id
     return req
 
@@ -329,14 +355,15 @@ class MessageAssembly:
     twice) cost more than the rest of the association's work. Every other message is
     handed on, whole PDVs at a time, to pynetdicom's decoder (``take_forwarded``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transfer_syntax: Callable[[int], str | None]) -> None:
+        self._transfer_syntax = transfer_syntax  # of an accepted context ID, else None
         self._command = bytearray()
-        self._store: tuple[int, dict[int, bytes], BytesIO] | None = None
+        self._store: tuple[int, dict[int, bytes], bytearray, int] | None = None
         self._forwarding = False
         self.forwarded: list[list[Any]] = []
         self.complete_for_pynetdicom = False
 
-    def add(self, context_id: int, control: int, fragment: memoryview) -> C_STORE | None:
+    def add(self, context_id: int, control: int, fragment: memoryview) -> ReceivedStore | None:
         """Take one PDV (``fragment`` starts with its control header); returns a
         complete C-STORE request when this PDV completed one."""
         last = bool(control & 0x02)
@@ -354,8 +381,10 @@ class MessageAssembly:
             fields = decode_command(encoded)
             has_data = fields is not None and _us(fields.get(0x0800)) != _NO_DATA_SET
             if fields is not None and has_data and _us(fields.get(0x0100)) == _C_STORE_RQ:
-                self._store = (context_id, fields, BytesIO())
-                return None
+                header = self._header(context_id, fields)
+                if header is not None:
+                    self._store = (context_id, fields, bytearray(header), len(header))
+                    return None
             self.forwarded.append([context_id, b"\x03" + encoded])
             self._forwarding = has_data
             self.complete_for_pynetdicom = not has_data
@@ -365,17 +394,29 @@ class MessageAssembly:
             self.forwarded.append([context_id, bytes(fragment)])
             self.complete_for_pynetdicom = True
             return None
-        store_context, fields, data = self._store
-        data.write(fragment[1:])
+        store_context, fields, data, header_length = self._store
+        data += fragment[1:]
         if not last:
             return None
         self._store = None
-        request = store_request(fields, store_context, data)
+        request = store_request(fields, store_context, data, header_length)
         if request is None:  # let pynetdicom's decoder reject it as it would
             self.forwarded.append([store_context, b"\x03" + _encode_fields(fields)])
-            self.forwarded.append([store_context, b"\x02" + data.getvalue()])
+            self.forwarded.append([store_context, b"\x02" + data[header_length:]])
             self.complete_for_pynetdicom = True
         return request
+
+    def _header(self, context_id: int, fields: dict[int, bytes]) -> bytes | None:
+        """The Part 10 header the data set will be stored behind; None when the context
+        or the UIDs are missing (pynetdicom's decoder then rejects the request)."""
+        transfer_syntax = self._transfer_syntax(context_id)
+        sop_class, sop_instance = _text(fields.get(0x0002)), _text(fields.get(0x1000))
+        if not transfer_syntax or not sop_class or not sop_instance:
+            return None
+        try:
+            return part10_header(sop_class, sop_instance, transfer_syntax)
+        except UnicodeEncodeError:
+            return None
 
     def take_forwarded(self) -> list[list[Any]]:
         """The PDVs for pynetdicom since the last call."""

@@ -48,7 +48,7 @@ from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsE
 from ciams.net.access import DimseAccess
 from ciams.net.part10 import part10
 from ciams.net.query import MODELS, decode_identifier, model_of, parse_find
-from ciams.net.reactor import CheapCopyContexts, StorageRequestHandler
+from ciams.net.reactor import CheapCopyContexts, ReceivedStore, StorageRequestHandler
 from ciams.net.registry import AERegistry
 from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
 from ciams.net.status import query_error_status, status, store_status
@@ -327,13 +327,18 @@ class DicomServer:
         try:
             requestor = event.assoc.requestor
             request = cast(C_STORE, event.request)
-            result = self.archive.ingest(
-                part10(
+            if isinstance(request, ReceivedStore):
+                # Bytes-like is all ingest needs; bytes() would copy the whole instance.
+                data = cast(bytes, request.part10)
+            else:
+                data = part10(
                     str(request.AffectedSOPClassUID),
                     str(request.AffectedSOPInstanceUID),
                     str(event.context.transfer_syntax),
                     cast(BytesIO, request.DataSet).getbuffer(),  # no copy
-                ),
+                )
+            result = self.archive.ingest(
+                data,
                 {
                     "interface": "dimse",
                     "calling_ae": requestor.ae_title,
