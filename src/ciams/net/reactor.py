@@ -309,6 +309,10 @@ class ReceivedStore(C_STORE):
 
     part10: bytearray
     header_length: int
+    # The data set is always there; pynetdicom's validity check would copy it to look.
+    REQUEST_KEYWORDS = tuple(  # type: ignore[assignment]
+        k for k in C_STORE.REQUEST_KEYWORDS if k != "DataSet"
+    )
 
     @property
     def DataSet(self) -> BytesIO | None:
