@@ -38,7 +38,7 @@ class Quarantine:
 
     def put(
         self,
-        data: bytes,
+        data: bytes | bytearray,
         *,
         reason: str,
         code: str,
@@ -76,7 +76,7 @@ class Quarantine:
         return (self.root / f"{Path(entry_id).name}.bin").read_bytes()
 
 
-def _write_durable(path: Path, data: bytes) -> None:
+def _write_durable(path: Path, data: bytes | bytearray) -> None:
     tmp = path.with_suffix(path.suffix + ".part")
     with tmp.open("wb") as fh:
         fh.write(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -26,7 +28,13 @@ from ciams.archive.models import Instance, InstanceVersion, Patient, Series, Stu
 from ciams.archive.parse import ParsedInstance, parse_instance
 from ciams.archive.quarantine import Quarantine
 from ciams.archive.query import EVERYTHING, FindQuery, Scope, find
-from ciams.archive.storage import LocalStorage, StorageArea, content_key, same_filesystem
+from ciams.archive.storage import (
+    LocalStorage,
+    Staged,
+    StorageArea,
+    content_key,
+    same_filesystem,
+)
 from ciams.config import Settings
 from ciams.errors import (
     AccessDeniedError,
@@ -53,6 +61,12 @@ _ACCEPTED: dict[str, Status] = {
     "duplicate": "duplicate",
     "versioned": "versioned",
 }
+
+
+def _discard(pending: Future[Staged]) -> None:
+    """Drop bytes staged for an instance that is not stored (after their write ends)."""
+    with contextlib.suppress(CiamsError):
+        pending.result().discard()
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,9 @@ class Archive:
         self._guards: list[Guard] = []
         self._listeners: list[CommitListener] = []
         self._listener_lock = threading.Lock()
+        self._stager = ThreadPoolExecutor(
+            max_workers=settings.dicom.max_associations, thread_name_prefix="ciams-stage"
+        )
         self._writer = IndexWriter(
             self._write_engine,
             on_conflict=settings.archive.on_conflict,
@@ -165,6 +182,7 @@ class Archive:
     def close(self) -> None:
         """Stop the index writer and release the database."""
         self._writer.close()
+        self._stager.shutdown(wait=True)
         self._write_engine.dispose()
         self.engine.dispose()
         self._run_marker.unlink(missing_ok=True)
@@ -234,26 +252,29 @@ class Archive:
 
     # -- ingest --------------------------------------------------------------------------
 
-    def ingest(self, data: bytes, source: dict[str, str] | None = None) -> IngestResult:
+    def ingest(self, data: bytes | bytearray, source: dict[str, str] | None = None) -> IngestResult:
         """Store one DICOM Part 10 instance. Returns once bytes and index row are durable
         (or the input is in quarantine with its reason)."""
         source = dict(source or {})
-        try:
-            # Written first, so that the disk works on the bytes while they are parsed.
-            staged = self.storage.stage(data)
-        except CiamsError as exc:
-            return self._reject(data, exc, source, parsed=None, status="failed")
+        # The bytes are written on another thread while this one hashes and parses them:
+        # both release the GIL for the bulk of their work, and the write's cost (page
+        # cache, start of writeback) is off the acknowledgement's critical path.
+        pending = self._stager.submit(self.storage.stage, data)
         try:
             parsed = parse_instance(data)
             for guard in self._guards:
                 guard(parsed, source)
             parsed.values  # noqa: B018 - index values are computed here, off the writer thread
         except CiamsError as exc:
-            staged.discard()
+            _discard(pending)
             return self._reject(data, exc, source, parsed=None)
         except BaseException:
-            staged.discard()
+            _discard(pending)
             raise
+        try:
+            staged = pending.result()
+        except CiamsError as exc:
+            return self._reject(data, exc, source, parsed=parsed, status="failed")
         ids: dict[str, Any] = {
             "sop_instance_uid": parsed.sop_instance_uid,
             "sop_class_uid": parsed.sop_class_uid,
@@ -285,7 +306,7 @@ class Archive:
 
     def _reject(
         self,
-        data: bytes,
+        data: bytes | bytearray,
         exc: CiamsError,
         source: dict[str, str],
         *,

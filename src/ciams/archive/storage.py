@@ -42,7 +42,7 @@ class StorageArea(Protocol):
         """Write atomically. With ``durable`` the bytes survive a crash when this returns;
         without it they do once :meth:`sync` returns."""
 
-    def stage(self, data: bytes | memoryview) -> Staged:
+    def stage(self, data: bytes | bytearray | memoryview) -> Staged:
         """Start writing bytes whose key is not known yet (content-addressed keys need
         the hash, and the disk can work while the caller parses); not durable until
         :meth:`sync` after ``commit``."""
@@ -109,7 +109,7 @@ class LocalStorage:
             return
         self._install(self._write_temp(data, durable=durable), path, durable=durable)
 
-    def stage(self, data: bytes | memoryview) -> LocalStaged:
+    def stage(self, data: bytes | bytearray | memoryview) -> LocalStaged:
         return LocalStaged(self, self._write_temp(data, durable=False), len(data))
 
     def _present(self, path: Path, size: int) -> bool:
@@ -122,7 +122,7 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
 
-    def _write_temp(self, data: bytes | memoryview, *, durable: bool) -> Path:
+    def _write_temp(self, data: bytes | bytearray | memoryview, *, durable: bool) -> Path:
         # pid and a counter make the name unique across processes and threads without
         # mkstemp's random names and retries; O_EXCL still guards.
         tmp = self._tmp / f"{os.getpid()}-{next(self._counter)}.part"
@@ -234,7 +234,7 @@ _libc: ctypes.CDLL | None = None
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

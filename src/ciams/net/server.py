@@ -327,9 +327,9 @@ class DicomServer:
         try:
             requestor = event.assoc.requestor
             request = cast(C_STORE, event.request)
+            data: bytes | bytearray
             if isinstance(request, ReceivedStore):
-                # Bytes-like is all ingest needs; bytes() would copy the whole instance.
-                data = cast(bytes, request.part10)
+                data = request.part10
             else:
                 data = part10(
                     str(request.AffectedSOPClassUID),

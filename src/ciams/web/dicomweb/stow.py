@@ -54,9 +54,9 @@ MAX_PARTS_IN_FLIGHT = 16
 class _Parts:
     """Callbacks for the multipart parser: collects headers and bytes of each part."""
 
-    complete: list[tuple[bytes, str]] = field(default_factory=list)
-    current: list[bytes] = field(default_factory=list)
-    current_size: int = 0
+    complete: list[tuple[bytearray, str]] = field(default_factory=list)
+    # One buffer per part: the parser's slices appended to it are the only copy made.
+    current: bytearray = field(default_factory=bytearray)
     in_part: bool = False
     started: int = 0
     ended: bool = False
@@ -77,11 +77,10 @@ class _Parts:
 
     def _begin(self) -> None:
         self.in_part, self.started = True, self.started + 1
-        self.current, self.current_size, self.content_type = [], 0, ""
+        self.current, self.content_type = bytearray(), ""
 
     def _data(self, data: bytes, start: int, end: int) -> None:
-        self.current.append(data[start:end])
-        self.current_size += end - start
+        self.current += memoryview(data)[start:end]
 
     def _header_end(self) -> None:
         if bytes(self.header_name).strip().lower() == b"content-type":
@@ -90,13 +89,13 @@ class _Parts:
         self.header_value.clear()
 
     def _end(self) -> None:
-        self.complete.append((b"".join(self.current), self.content_type))
-        self.in_part, self.current, self.current_size = False, [], 0
+        self.complete.append((self.current, self.content_type))
+        self.in_part, self.current = False, bytearray()
 
     def _finish(self) -> None:
         self.ended = True
 
-    def take(self) -> list[tuple[bytes, str]]:
+    def take(self) -> list[tuple[bytearray, str]]:
         done, self.complete = self.complete, []
         return done
 
@@ -177,7 +176,7 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
     # down the upload (TCP back-pressure) instead of growing the server's memory.
     in_flight = anyio.Semaphore(MAX_PARTS_IN_FLIGHT)
 
-    async def ingest(index: int, data: bytes, content_type: str) -> None:
+    async def ingest(index: int, data: bytes | bytearray, content_type: str) -> None:
         try:
             results[index] = await ctx.ingest(_ingest_part, ctx, data, content_type, study, source)
         except Exception:
@@ -220,7 +219,7 @@ async def _store(ctx: Context, request: Request, study: str | None) -> Response:
             problem = "the client disconnected before the body was complete"
     stored = sum(1 for r in results if isinstance(r, IngestResult) and r.ok)
     if too_large or problem:
-        leftover = b"".join(parts.current) if parts.in_part else bytes(preamble)
+        leftover = bytes(parts.current) if parts.in_part else bytes(preamble)
         if problem and not too_large:
             leftover += await _drain(stream, limit - received)
         reason = f"request body exceeds max_upload_bytes ({limit} bytes)" if too_large else problem
@@ -261,7 +260,11 @@ async def _drain(stream: object, budget: int) -> bytes:
 
 
 def _ingest_part(
-    ctx: Context, data: bytes, content_type: str, study: str | None, source: dict[str, str]
+    ctx: Context,
+    data: bytes | bytearray,
+    content_type: str,
+    study: str | None,
+    source: dict[str, str],
 ) -> IngestResult | _Failure:
     """One part through the archive (worker thread)."""
     if content_type and content_type.lower() != DICOM:
@@ -291,14 +294,14 @@ def _ingest_part(
     return ctx.archive.ingest(data, source)
 
 
-def _keep(ctx: Context, data: bytes, source: dict[str, str]) -> None:
+def _keep(ctx: Context, data: bytes | bytearray, source: dict[str, str]) -> None:
     try:
         ctx.archive.quarantine.put(data, reason="internal error", code="internal", source=source)
     except OSError:
         log.exception("could not quarantine a STOW-RS part")
 
 
-def with_preamble(data: bytes) -> bytes:
+def with_preamble(data: bytes | bytearray) -> bytes | bytearray:
     """A Part 10 file for a part sent without its 128-byte preamble and ``DICM`` prefix.
 
     PS3.18 8.6.1.1 parts are PS3.10 files, but common clients (dicomweb-client with a
@@ -311,7 +314,7 @@ def with_preamble(data: bytes) -> bytes:
     return data
 
 
-def _header_ids(data: bytes) -> dict[str, str] | None:
+def _header_ids(data: bytes | bytearray) -> dict[str, str] | None:
     """The UIDs of a part, or None when it does not parse (ingest then says why)."""
     try:
         ds = pydicom.dcmread(
