@@ -167,9 +167,9 @@ class Archive:
         self._guards: list[Guard] = []
         self._listeners: list[CommitListener] = []
         self._listener_lock = threading.Lock()
-        self._stager = ThreadPoolExecutor(
-            max_workers=settings.dicom.max_associations, thread_name_prefix="ciams-stage"
-        )
+        self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ciams-stage")
+        self._ingest_lock = threading.Lock()
+        self._ingesting = 0
         self._writer = IndexWriter(
             self._write_engine,
             on_conflict=settings.archive.on_conflict,
@@ -256,10 +256,32 @@ class Archive:
         """Store one DICOM Part 10 instance. Returns once bytes and index row are durable
         (or the input is in quarantine with its reason)."""
         source = dict(source or {})
-        # The bytes are written on another thread while this one hashes and parses them:
-        # both release the GIL for the bulk of their work, and the write's cost (page
-        # cache, start of writeback) is off the acknowledgement's critical path.
-        pending = self._stager.submit(self.storage.stage, data)
+        with self._ingest_lock:
+            self._ingesting += 1
+            alone = self._ingesting == 1
+        try:
+            return self._ingest(data, source, alone=alone)
+        finally:
+            with self._ingest_lock:
+                self._ingesting -= 1
+
+    def _ingest(
+        self, data: bytes | bytearray, source: dict[str, str], *, alone: bool
+    ) -> IngestResult:
+        pending: Future[Staged]
+        if alone:
+            # The bytes are written on another thread while this one hashes and parses
+            # them: both release the GIL for the bulk of their work, and the write's cost
+            # (page cache, start of writeback) is off the acknowledgement's critical path.
+            # With other ingests running there is parallelism already, and more threads
+            # only contend for the GIL.
+            pending = self._stager.submit(self.storage.stage, data)
+        else:
+            pending = Future()
+            try:
+                pending.set_result(self.storage.stage(data))
+            except CiamsError as exc:
+                pending.set_exception(exc)
         try:
             parsed = parse_instance(data)
             for guard in self._guards:
