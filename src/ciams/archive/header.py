@@ -10,6 +10,7 @@ then parses with pydicom, which reads the odd file or says what is wrong with it
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
@@ -343,10 +344,10 @@ def _implicit_sequence(buf: bytes | bytearray, tag: int, start: int) -> bool:
         return buf[start : start + 4] == _ITEM_TAG
 
 
-def _sequence(buf: bytes | bytearray, pos: int, end: int, implicit: bool) -> int:
-    """Position after the Sequence Delimitation Item of an undefined-length sequence
-    whose items start at ``pos``, -1 when broken.  Item contents are walked too, as
-    pydicom parses them: a defined-length item must end exactly at its length."""
+def _items(buf: bytes | bytearray, pos: int, end: int, item: Callable[[int, int], int]) -> int:
+    """Position after the Sequence Delimitation Item of the items starting at ``pos``,
+    -1 when broken; ``item(value position, length)`` reads each item's value and
+    returns the position after it (-1 when broken)."""
     unpack = _IMPLICIT.unpack_from
     while pos + 8 <= end:
         group, elem, length = unpack(buf, pos)
@@ -357,40 +358,31 @@ def _sequence(buf: bytes | bytearray, pos: int, end: int, implicit: bool) -> int
             return pos if length == 0 else -1
         if elem != 0xE000:
             return -1
-        if length == _UNDEFINED_LENGTH:
-            if implicit:
-                pos = _implicit(buf, pos, end, None, True)
-            else:
-                pos = _explicit(buf, pos, end, None, True)
-            if pos < 0:
-                return -1
-            continue
-        item_end = pos + length
-        if item_end > end:
+        pos = item(pos, length)
+        if pos < 0:
             return -1
-        if implicit:
-            walked = _implicit(buf, pos, item_end, None, False)
-        else:
-            walked = _explicit(buf, pos, item_end, None, False)
-        if walked != item_end:
-            return -1
-        pos = item_end
     return -1
+
+
+def _sequence(buf: bytes | bytearray, pos: int, end: int, implicit: bool) -> int:
+    """Position after the Sequence Delimitation Item of an undefined-length sequence
+    whose items start at ``pos``, -1 when broken.  Item contents are walked too, as
+    pydicom parses them: a defined-length item must end exactly at its length."""
+    walk = _implicit if implicit else _explicit
+
+    def item(start: int, length: int) -> int:
+        if length == _UNDEFINED_LENGTH:
+            return walk(buf, start, end, None, True)
+        item_end = start + length
+        if item_end > end or walk(buf, start, item_end, None, False) != item_end:
+            return -1
+        return item_end
+
+    return _items(buf, pos, end, item)
 
 
 def _fragments(buf: bytes | bytearray, pos: int, end: int) -> int:
     """Position after the Sequence Delimitation Item of encapsulated Pixel Data, read
     item by item as pydicom does first; -1 where pydicom would fall back to a byte
     search for the delimiter."""
-    unpack = _IMPLICIT.unpack_from
-    while pos + 8 <= end:
-        group, elem, length = unpack(buf, pos)
-        pos += 8
-        if group != 0xFFFE:
-            return -1
-        if elem == 0xE0DD:
-            return pos if length == 0 else -1
-        if elem != 0xE000:
-            return -1
-        pos += length
-    return -1
+    return _items(buf, pos, end, lambda start, length: start + length)
