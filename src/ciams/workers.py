@@ -18,12 +18,15 @@ only enqueues background tasks (the main process consumes them).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -37,7 +40,8 @@ def _run(
     channel: socket.socket | None,
     http_sock: socket.socket | None,
     dicom_port: int,
-    ready: Any,
+    ready: Connection,
+    parent: int,
 ) -> None:
     from ciams.net.server import DicomServer, receive_associations
     from ciams.server import open_archive, uvicorn_server
@@ -46,6 +50,9 @@ def _run(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    threading.Thread(
+        target=_stop_when_orphaned, args=(parent, stop), name="ciams-parent", daemon=True
+    ).start()
     settings = Settings(**settings_data)
     archive = open_archive(settings)
     TaskRunner(settings, archive)  # producer only: registers the post-commit listener
@@ -75,7 +82,11 @@ def _run(
             deadline = time.monotonic() + 30
             while not http.started and http_thread.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        ready.set()
+        # A pipe, not a multiprocessing Event: Event.set() blocks for good when the
+        # waiting parent was killed, and a worker must not outlive it.
+        with contextlib.suppress(OSError):
+            ready.send(True)
+        ready.close()
         stop.wait()
     finally:
         if http is not None and http_thread is not None:
@@ -86,6 +97,17 @@ def _run(
         if dicom is not None:
             dicom.stop()
         archive.close()
+
+
+def _stop_when_orphaned(parent: int, stop: threading.Event) -> None:
+    """Stop the worker when the main process is gone without stopping it (killed):
+    a worker left behind would keep serving its share of the HTTP socket."""
+    while True:
+        if os.getppid() != parent:
+            log.warning("the main process %d is gone; this worker stops", parent)
+            stop.set()
+        if stop.wait(1.0):
+            return
 
 
 class Workers:
@@ -113,19 +135,25 @@ class Workers:
         """Start the workers; returns once each one serves."""
         ctx = multiprocessing.get_context("spawn")
         for i in range(self._count):
-            ready = ctx.Event()
+            ready, ready_in_child = ctx.Pipe(duplex=False)
             channel = self._pairs[i][1] if i < self._dicom else None
             listener = http_sock if i < self._http else None
             # multiprocessing hands the sockets' descriptors to the child.
             proc = ctx.Process(
                 target=_run,
-                args=(self._data, channel, listener, dicom_port, ready),
+                args=(self._data, channel, listener, dicom_port, ready_in_child, os.getpid()),
                 daemon=True,
                 name=f"ciams-worker-{i + 1}",
             )
             proc.start()
             self._procs.append(proc)
-            if not ready.wait(timeout):
+            ready_in_child.close()  # the child holds its own copy
+            try:
+                started = ready.poll(timeout) and bool(ready.recv())
+            except EOFError:  # the child died before it served
+                started = False
+            ready.close()
+            if not started:
                 self.stop()
                 raise RuntimeError("a worker process did not start")
         for _, theirs in self._pairs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -83,3 +84,68 @@ def test_two_http_processes_share_the_socket_and_the_archive(
             c.close()
     web = DICOMwebClient(url=server.http_url + "/dicom-web", headers=server.auth)
     assert len(web.search_for_series(search_filters={"PatientID": "HTTPW"})) == 1
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found.update(int(c) for c in task.read_text().split())
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may not collect it at once)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    """A killed main process cannot stop its workers; they notice and exit instead of
+    serving the shared HTTP socket on their own."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ciams = Path(sys.executable).parent / "ciams"
+    main = subprocess.Popen(
+        [
+            str(ciams),
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--http-port",
+            "0",
+            "--dicom-port",
+            "0",
+            "--http-workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = {
+                child
+                for child in _children(main.pid)
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+            }
+        assert workers, "no worker process started"
+        time.sleep(1)  # let the worker get past its start-up
+        main.send_signal(signal.SIGKILL)
+        main.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(w) for w in workers), "a worker outlived the main process"
+    finally:
+        for pid in workers | {main.pid}:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
