@@ -60,6 +60,30 @@ def uvicorn_server(app: Any, settings: Settings) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def bind_http(host: str, port: int, *, shared: bool = False) -> socket.socket:
+    """A listening socket for the web application.
+
+    ``shared``: every HTTP process binds its own socket to the same port with
+    ``SO_REUSEPORT``, so the kernel spreads new connections evenly over them. (With one
+    inherited socket, whichever process woke first took them: four keep-alive clients
+    often all landed on one process.)"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="choose another port with --http-port",
+        ) from exc
+    sock.listen(128)
+    return sock
+
+
 class Server:
     """Everything ``ciams serve`` runs, started and stopped as one."""
 
@@ -90,20 +114,11 @@ class Server:
         return f"{scheme}://{self.settings.http.host}:{self.http_port}"
 
     def _bind_http(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.settings.http.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.settings.http.host, self.settings.http.port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"cannot listen on {self.settings.http.host}:{self.settings.http.port}: "
-                f"{exc.strerror}",
-                hint="choose another port with --http-port",
-            ) from exc
-        sock.listen(128)
-        sock.set_inheritable(True)
+        sock = bind_http(
+            self.settings.http.host,
+            self.settings.http.port,
+            shared=self.settings.http.workers > 1,
+        )
         self.http_port = sock.getsockname()[1]
         return sock
 
@@ -127,14 +142,15 @@ class Server:
             time.sleep(0.02)
 
     def _start_dicom(self, http_sock: socket.socket) -> None:
-        """The DICOM listener, then the worker processes (which share ``http_sock``)."""
+        """The DICOM listener, then the worker processes (which listen on the port of
+        ``http_sock`` too)."""
         if max(self.settings.dicom.workers, self.settings.http.workers) > 1:
             self._workers = Workers(self.settings)
             self.dicom.dispatch_to = self._workers.channels
         self.dicom_port = self.dicom.start()
         self.app.state.dicom_port = self.dicom_port
         if self._workers is not None:
-            self._workers.start(http_sock, self.dicom_port)
+            self._workers.start(http_sock.getsockname()[:2], self.dicom_port)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -8,9 +8,9 @@ processes:
 * DICOM: the main process accepts each association and hands it, round-robin, to
   itself or to one of the first N - 1 workers over a Unix socket (the connection's
   descriptor travels with SCM_RIGHTS); the TLS handshake happens where it is served.
-* HTTP: the first M - 1 workers run the same web application on the main process's
-  listening socket (inherited), and the kernel spreads the connections among the
-  processes accepting on it.
+* HTTP: the first M - 1 workers run the same web application, each on its own socket
+  bound to the main process's port with ``SO_REUSEPORT``; the kernel spreads the
+  connections evenly over the processes.
 
 Each worker has its own archive handle on the shared data folder and database, and
 only enqueues background tasks (the main process consumes them).
@@ -38,13 +38,13 @@ log = logging.getLogger(__name__)
 def _run(
     settings_data: dict[str, Any],
     channel: socket.socket | None,
-    http_sock: socket.socket | None,
+    http_address: tuple[str, int] | None,
     dicom_port: int,
     ready: Connection,
     parent: int,
 ) -> None:
     from ciams.net.server import DicomServer, receive_associations
-    from ciams.server import open_archive, uvicorn_server
+    from ciams.server import bind_http, open_archive, uvicorn_server
     from ciams.tasks import TaskRunner
 
     stop = threading.Event()
@@ -59,6 +59,7 @@ def _run(
     dicom = DicomServer(archive, settings) if channel is not None else None
     http = None
     http_thread = None
+    http_sock = None
     try:
         if dicom is not None and channel is not None:
             dicom.start()  # on a private ephemeral loopback port: connections come by channel
@@ -69,9 +70,10 @@ def _run(
                 name="ciams-dicom-receiver",
                 daemon=True,
             ).start()
-        if http_sock is not None:
+        if http_address is not None:
             from ciams.web import create_app
 
+            http_sock = bind_http(*http_address, shared=True)
             app = create_app(archive, settings)
             app.state.dicom_port = dicom_port
             http = uvicorn_server(app, settings)
@@ -92,6 +94,8 @@ def _run(
         if http is not None and http_thread is not None:
             http.should_exit = True
             http_thread.join(timeout=10)
+        if http_sock is not None:
+            http_sock.close()
         if channel is not None:
             channel.close()
         if dicom is not None:
@@ -131,14 +135,14 @@ class Workers:
         """The main process's ends of the DICOM channels, one per DICOM worker."""
         return [ours for ours, _ in self._pairs]
 
-    def start(self, http_sock: socket.socket, dicom_port: int, timeout: float = 60) -> None:
+    def start(self, http_address: tuple[str, int], dicom_port: int, timeout: float = 60) -> None:
         """Start the workers; returns once each one serves."""
         ctx = multiprocessing.get_context("spawn")
         for i in range(self._count):
             ready, ready_in_child = ctx.Pipe(duplex=False)
             channel = self._pairs[i][1] if i < self._dicom else None
-            listener = http_sock if i < self._http else None
-            # multiprocessing hands the sockets' descriptors to the child.
+            listener = http_address if i < self._http else None
+            # multiprocessing hands the channel's descriptor to the child.
             proc = ctx.Process(
                 target=_run,
                 args=(self._data, channel, listener, dicom_port, ready_in_child, os.getpid()),
