@@ -80,8 +80,8 @@ class HttpSettings(BaseModel):
         1,
         ge=1,
         le=64,
-        description="HTTP processes accepting on the one listening socket (the main one "
-        "and workers), so DICOMweb requests use several cores.",
+        description="HTTP processes listening on the one port (SO_REUSEPORT: the kernel "
+        "spreads connections over them), so DICOMweb requests use several cores.",
     )
     base_url: str = Field("", description="Public base URL, used in RetrieveURL; empty = derived.")
 
