@@ -318,3 +318,33 @@ def test_other_messages_go_whole_to_pynetdicom() -> None:
     assert message.decode_msg(primitive)
     assert message.command_set.MessageID == 9
     assert not assembly.forwarded and not assembly.complete_for_pynetdicom
+
+
+def test_c_store_with_a_value_pynetdicom_refuses_goes_to_pynetdicom() -> None:
+    """A SOP Instance UID over 64 characters: no request is built here; pynetdicom's
+    decoder gets the message (and aborts the association, as on its own reactor)."""
+    import struct
+
+    from ciams.net.reactor import MessageAssembly
+
+    def element(number: int, value: bytes) -> bytes:
+        return struct.pack("<HHL", 0x0000, number, len(value)) + value
+
+    long_uid = b"1." + b"2" * 70
+    command = b"".join(
+        (
+            element(0x0002, CTImageStorage.encode() + b"\x00"),
+            element(0x0100, struct.pack("<H", 0x0001)),
+            element(0x0110, struct.pack("<H", 1)),
+            element(0x0700, struct.pack("<H", 0)),
+            element(0x0800, struct.pack("<H", 0x0000)),
+            element(0x1000, long_uid),
+        )
+    )
+    assembly = MessageAssembly({1: ExplicitVRLittleEndian}.get)
+    assert assembly.add(1, 0x03, memoryview(b"\x03" + command)) is None
+    assert assembly.add(1, 0x02, memoryview(b"\x02" + b"\x08\x00\x18\x00")) is None
+    assert assembly.complete_for_pynetdicom
+    forwarded = assembly.take_forwarded()
+    assert [pdv[0] for _, pdv in forwarded] == [0x03, 0x02]
+    assert long_uid in forwarded[0][1]

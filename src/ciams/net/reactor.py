@@ -403,7 +403,10 @@ class MessageAssembly:
         if not last:
             return None
         self._store = None
-        request = store_request(fields, store_context, data, header_length)
+        try:
+            request = store_request(fields, store_context, data, header_length)
+        except ValueError:  # a value pynetdicom's setters refuse (a UID over 64 characters)
+            request = None
         if request is None:  # let pynetdicom's decoder reject it as it would
             self.forwarded.append([store_context, b"\x03" + _encode_fields(fields)])
             self.forwarded.append([store_context, b"\x02" + data[header_length:]])
