@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -87,6 +88,9 @@ class LocalStorage:
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
         self._known_dirs: set[Path] = set()
+        # Temporary names: unique per process and storage object (a restarted server may
+        # get a crashed one's pid, and its .part files may still be there).
+        self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._counter = itertools.count()
 
     def _path(self, key: str) -> Path:
@@ -123,9 +127,9 @@ class LocalStorage:
             raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
 
     def _write_temp(self, data: bytes | bytearray | memoryview, *, durable: bool) -> Path:
-        # pid and a counter make the name unique across processes and threads without
-        # mkstemp's random names and retries; O_EXCL still guards.
-        tmp = self._tmp / f"{os.getpid()}-{next(self._counter)}.part"
+        # A prefix and a counter make the name unique across processes and threads
+        # without mkstemp's random names and retries; O_EXCL still guards.
+        tmp = self._tmp / f"{self._prefix}-{next(self._counter)}.part"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
