@@ -5,6 +5,7 @@ from __future__ import annotations
 from io import BytesIO
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pydicom
@@ -13,9 +14,12 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from ciams.web.dicomweb import wado
 from tests.corpus import make_series, vendor_file
 from tests.web.conftest import client_bytes
 from tests.web.test_stow import VENDOR
+
+ACCEPT_DICOM = 'multipart/related; type="application/dicom"'
 
 
 def _as_stored(ds: Dataset) -> bytes:
@@ -91,6 +95,84 @@ def test_retrieve_vendor_files_as_stored_and_transcoded(
     response = httpx.get(url, headers={**server.auth, "Accept": accept})
     assert response.status_code == 406
     assert response.json()["error"] == "not-acceptable"
+
+
+def test_retrieve_in_batches_and_pieces_keeps_order_and_bytes(
+    server: Any, client: DICOMwebClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small batches and pieces, so that one study crosses several read-ahead batches
+    # and every instance is sent in several pieces.
+    monkeypatch.setattr(wado, "READ_AHEAD", 20_000)
+    monkeypatch.setattr(wado, "CHUNK", 3_000)
+    datasets = list(make_series(7))
+    client.store_instances(datasets)
+    study = datasets[0].StudyInstanceUID
+    by_number = sorted(datasets, key=lambda ds: ds.InstanceNumber)
+    expected = [_as_stored(ds) for ds in by_number]
+    assert all(len(data) > 3 * 3_000 for data in expected)
+    url = f"{server.http_url}/dicom-web/studies/{study}"
+    assert _raw(client, url) == expected
+    assert [ds.SOPInstanceUID for ds in client.retrieve_study(study)] == [
+        ds.SOPInstanceUID for ds in by_number
+    ]
+    # Sent as stored, the body's length is known up front (no chunked coding).
+    response = httpx.get(url, headers={**server.auth, "Accept": ACCEPT_DICOM})
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "transfer-encoding" not in response.headers
+    assert response.content.endswith(b"--\r\n")
+
+
+def test_retrieve_of_a_damaged_file_fails_loudly(
+    server: Any, client: DICOMwebClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wado, "READ_AHEAD", 1)  # one instance per batch
+    datasets = list(make_series(3))
+    client.store_instances(datasets)
+    study = datasets[0].StudyInstanceUID
+    refs = server.archive.instances(study)
+    url = f"{server.http_url}/dicom-web/studies/{study}"
+    headers = {**server.auth, "Accept": ACCEPT_DICOM}
+    # A stored file that is not the indexed size cannot be framed as indexed. In a
+    # later batch the body is cut off (the client sees an incomplete message) ...
+    last = server.archive.storage.local_path(refs[-1].storage_key)
+    last.write_bytes(last.read_bytes()[:-10])
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(url, headers=headers)
+    # ... in the first, read before the response starts, it is an error status.
+    first = server.archive.storage.local_path(refs[0].storage_key)
+    first.write_bytes(first.read_bytes()[:-10])
+    response = httpx.get(url, headers=headers)
+    assert response.status_code == 507
+    assert response.json()["error"] == "storage"
+
+
+@pytest.mark.anyio
+async def test_read_ahead_is_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = [[1, 2], [3], [4, 5]]  # after the first batch, [0]
+    batch_of = {0: 0, 1: 1, 2: 1, 3: 2, 4: 3, 5: 3}
+    read: list[int] = []
+
+    def read_batch(ctx: Any, batch: list[int]) -> list[memoryview]:
+        read.extend(batch)
+        return [memoryview(b"%d" % n) for n in batch]
+
+    class Reads:
+        async def read(self, func: Any, *args: Any) -> Any:
+            return await anyio.to_thread.run_sync(func, *args)
+
+    monkeypatch.setattr(wado, "_read_batch", read_batch)
+    body = wado._instance_parts(Reads(), [memoryview(b"0")], batches, "b")  # type: ignore[arg-type]
+    out = []
+    async for part in body:
+        out.append(bytes(part))
+        if part == b"--b--\r\n":
+            break
+        await anyio.sleep(0.05)  # a slow client: the read-ahead has had its time
+        # While a batch is sent, the next one is read, and not more.
+        ahead = batch_of[int(part)] + 1
+        assert read == [n for n in range(1, 6) if batch_of[n] <= ahead]
+    assert out == [b"0", b"1", b"2", b"3", b"4", b"5", b"--b--\r\n"]
 
 
 def test_metadata(server: Any, client: DICOMwebClient, series: list[Dataset]) -> None:
