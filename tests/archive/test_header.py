@@ -257,7 +257,8 @@ def test_meta_sop_instance_uid_must_match() -> None:
     # pydicom's writer copies the SOP Instance UID into the meta: change the bytes.
     at = data.index(meta_uid)
     assert at < data.index(b"\x08\x00\x05\x00")
-    data = data[:at] + meta_uid[:-1] + b"9" + data[at + len(meta_uid) :]
+    other = b"8" if meta_uid.endswith(b"9") else b"9"  # a digit the UID does not end with
+    data = data[:at] + meta_uid[:-1] + other + data[at + len(meta_uid) :]
     outcome = _same_outcome(data)
     assert outcome[0] == "rejected"
     assert "differs from SOP Instance UID" in outcome[2]
