@@ -89,8 +89,17 @@ def test_two_http_processes_share_the_socket_and_the_archive(
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        found.update(int(c) for c in task.read_text().split())
+        # Threads come and go while we look (a task listed by glob may be gone by read).
+        with contextlib.suppress(OSError):
+            found.update(int(c) for c in task.read_text().split())
     return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _running(pid: int) -> bool:
@@ -135,7 +144,7 @@ def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> None:
             workers = {
                 child
                 for child in _children(main.pid)
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"spawn_main" in _cmdline(child)
             }
         assert workers, "no worker process started"
         time.sleep(1)  # let the worker get past its start-up
