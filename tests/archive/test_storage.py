@@ -46,3 +46,38 @@ def test_temporary_names_differ_between_storage_objects(tmp_path: Path) -> None:
     assert a._tmp != b._tmp
     a.discard()
     b.discard()
+
+
+def test_leftovers_of_stopped_processes_are_removed_at_start(tmp_path: Path) -> None:
+    """A crash between write and rename leaves a .part file; the next start removes it,
+    but not the files of a process that still runs, nor files that are not ours."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "store"
+    crashed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from pathlib import Path;"
+            "from ciams.archive.storage import LocalStorage;"
+            "LocalStorage(Path(sys.argv[1])).stage(b'x' * 100); os._exit(9)",
+            str(root),
+        ],
+        check=False,
+    )
+    assert crashed.returncode == 9
+    (left,) = (root / ".tmp").glob("*.part")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = root / ".tmp" / f"{running.pid}-abcdef12-0.part"
+        busy.write_bytes(b"in flight")
+        foreign = root / ".tmp" / "notes.part"
+        foreign.write_bytes(b"not ours")
+        storage = LocalStorage(root)
+        assert storage.removed_stale == (1, 100)
+        assert not left.exists()
+        assert busy.exists() and foreign.exists()
+    finally:
+        running.kill()
+        running.wait()

@@ -141,11 +141,7 @@ def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         while not workers and time.monotonic() < deadline:
             time.sleep(0.2)
-            workers = {
-                child
-                for child in _children(main.pid)
-                if b"spawn_main" in _cmdline(child)
-            }
+            workers = {child for child in _children(main.pid) if b"spawn_main" in _cmdline(child)}
         assert workers, "no worker process started"
         time.sleep(1)  # let the worker get past its start-up
         main.send_signal(signal.SIGKILL)

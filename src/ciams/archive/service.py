@@ -33,6 +33,7 @@ from ciams.archive.storage import (
     Staged,
     StorageArea,
     content_key,
+    process_alive,
     same_filesystem,
 )
 from ciams.config import Settings
@@ -200,13 +201,10 @@ class Archive:
         since: datetime | None = None
         for marker in run_dir.glob("*.json"):
             try:
-                pid = int(marker.stem.split("-", 1)[0])
-                os.kill(pid, 0)
-                continue  # still running
-            except (ValueError, ProcessLookupError):
+                if process_alive(int(marker.stem.split("-", 1)[0])):
+                    continue
+            except ValueError:
                 pass
-            except PermissionError:
-                continue
             try:
                 started = datetime.fromisoformat(json.loads(marker.read_text())["started"])
             except (OSError, ValueError, KeyError):

@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import itertools
+import logging
 import os
 import sys
 import uuid
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from ciams.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 
 def content_key(sha256_hex: str) -> str:
@@ -92,6 +95,38 @@ class LocalStorage:
         # get a crashed one's pid, and its .part files may still be there).
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._counter = itertools.count()
+        self.removed_stale = self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> tuple[int, int]:
+        """Delete ``.part`` files left by processes that are gone (a crash between write
+        and rename); returns (files, bytes). Their instances were never acknowledged.
+        A live process's files stay, so servers sharing the folder on this host can
+        start at any time; a pid reused by an unrelated process only delays the cleanup.
+        """
+        files = size = 0
+        for part in self._tmp.glob("*.part"):
+            try:
+                pid = int(part.name.split("-", 1)[0])
+            except ValueError:
+                continue  # not a name of ours
+            if pid == os.getpid() or process_alive(pid):
+                continue
+            try:
+                size += part.stat().st_size
+                part.unlink()
+                files += 1
+            except FileNotFoundError:
+                continue  # another process starting at the same time removed it
+            except OSError as exc:
+                raise StorageError(f"cannot remove stale {part}: {exc.strerror or exc}") from exc
+        if files:
+            log.warning(
+                "removed %d temporary files (%d bytes) left in %s by stopped processes",
+                files,
+                size,
+                self._tmp,
+            )
+        return files, size
 
     def _path(self, key: str) -> Path:
         # A string check rather than Path.resolve(): this runs for every read and write.
@@ -236,6 +271,17 @@ class LocalStaged:
 _libc: ctypes.CDLL | None = None
 # sync_file_range(2) flag: start writing the range's dirty pages, do not wait.
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (any owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
