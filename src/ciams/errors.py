@@ -110,6 +110,15 @@ class InvalidInstanceError(ArchiveError):
     default_hint = "the file was kept in quarantine; fix the source and send it again"
 
 
+class StudyMismatchError(InvalidInstanceError):
+    """An instance sent to one study's resource belongs to another study."""
+
+    code = "study-mismatch"
+    http_status = 409
+    dimse_status = DIMSE_DATASET_MISMATCH
+    default_hint = "send it to its own study's resource, or to /studies"
+
+
 class ConflictError(ArchiveError):
     """The same SOP Instance UID is already stored with different content."""
 

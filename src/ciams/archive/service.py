@@ -44,6 +44,7 @@ from ciams.errors import (
     InvalidInstanceError,
     NotFoundError,
     StorageError,
+    StudyMismatchError,
 )
 
 log = logging.getLogger(__name__)
@@ -250,21 +251,28 @@ class Archive:
 
     # -- ingest --------------------------------------------------------------------------
 
-    def ingest(self, data: bytes | bytearray, source: dict[str, str] | None = None) -> IngestResult:
+    def ingest(
+        self,
+        data: bytes | bytearray,
+        source: dict[str, str] | None = None,
+        *,
+        study: str | None = None,
+    ) -> IngestResult:
         """Store one DICOM Part 10 instance. Returns once bytes and index row are durable
-        (or the input is in quarantine with its reason)."""
+        (or the input is in quarantine with its reason). With ``study``, an instance of
+        any other study is refused (a store to one study's resource)."""
         source = dict(source or {})
         with self._ingest_lock:
             self._ingesting += 1
             alone = self._ingesting == 1
         try:
-            return self._ingest(data, source, alone=alone)
+            return self._ingest(data, source, alone=alone, study=study)
         finally:
             with self._ingest_lock:
                 self._ingesting -= 1
 
     def _ingest(
-        self, data: bytes | bytearray, source: dict[str, str], *, alone: bool
+        self, data: bytes | bytearray, source: dict[str, str], *, alone: bool, study: str | None
     ) -> IngestResult:
         pending: Future[Staged]
         if alone:
@@ -280,14 +288,17 @@ class Archive:
                 pending.set_result(self.storage.stage(data))
             except CiamsError as exc:
                 pending.set_exception(exc)
+        parsed: ParsedInstance | None = None
         try:
             parsed = parse_instance(data)
+            if study is not None and parsed.study_instance_uid != study:
+                raise StudyMismatchError(f"instance belongs to another study than {study}")
             for guard in self._guards:
                 guard(parsed, source)
             parsed.values  # noqa: B018 - index values are computed here, off the writer thread
         except CiamsError as exc:
             _discard(pending)
-            return self._reject(data, exc, source, parsed=None)
+            return self._reject(data, exc, source, parsed=parsed)
         except BaseException:
             _discard(pending)
             raise

@@ -20,10 +20,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from io import BytesIO
 
 import anyio
-import pydicom
 from fastapi import APIRouter, Request
 from pydicom.dataset import Dataset
 from python_multipart.exceptions import MultipartParseError
@@ -34,7 +32,6 @@ from starlette.responses import Response
 from ciams.access import upload_source
 from ciams.archive import IngestResult
 from ciams.errors import (
-    DIMSE_DATASET_MISMATCH,
     DIMSE_DUPLICATE_SOP,
     DIMSE_PROCESSING_FAILURE,
     InvalidRequestError,
@@ -273,25 +270,7 @@ def _ingest_part(
             data, reason=reason, code="unsupported-media-type", source=source
         )
         return _Failure("", "", reason, 0xC000)
-    data = with_preamble(data)
-    if study is not None:
-        ids = _header_ids(data)
-        if ids is not None and ids.get("StudyInstanceUID", study) != study:
-            reason = f"instance belongs to another study than {study}"
-            ctx.archive.quarantine.put(
-                data,
-                reason=reason,
-                code="study-mismatch",
-                source=source,
-                sop_instance_uid=ids.get("SOPInstanceUID", ""),
-            )
-            return _Failure(
-                ids.get("SOPClassUID", ""),
-                ids.get("SOPInstanceUID", ""),
-                reason,
-                DIMSE_DATASET_MISMATCH,
-            )
-    return ctx.archive.ingest(data, source)
+    return ctx.archive.ingest(with_preamble(data), source, study=study)
 
 
 def _keep(ctx: Context, data: bytes | bytearray, source: dict[str, str]) -> None:
@@ -312,21 +291,6 @@ def with_preamble(data: bytes | bytearray) -> bytes | bytearray:
     if data[128:132] != b"DICM" and data[:2] == b"\x02\x00" and data[4:6].isalpha():
         return b"\x00" * 128 + b"DICM" + data
     return data
-
-
-def _header_ids(data: bytes | bytearray) -> dict[str, str] | None:
-    """The UIDs of a part, or None when it does not parse (ingest then says why)."""
-    try:
-        ds = pydicom.dcmread(
-            BytesIO(data),
-            stop_before_pixels=True,
-            specific_tags=["StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"],
-        )
-    except Exception:  # pydicom raises many types on garbage; ingest reports it properly
-        return None
-    return {
-        k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID")
-    }
 
 
 def _response(root: str, study: str | None, results: list[IngestResult | _Failure]) -> Response:
