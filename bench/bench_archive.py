@@ -748,18 +748,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "higher",
             )
             mbs = Figure("stow_mb_per_s", "STOW-RS (MB/s)", "MB/s", "higher")
+            stow_times: dict[str, list[float]] = {"CIAMS": [], "Orthanc": []}
+            # Like C-STORE: a fresh server per run, order alternating, best run kept. The
+            # last run's servers stay up for WADO-RS, which retrieves what they stored.
+            for rep in range(args.repeat):
+                order = ["CIAMS", "Orthanc"] if rep % 2 == 0 else ["Orthanc", "CIAMS"]
+                last = rep == args.repeat - 1
+                for who in order:
+                    srv = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
+                    srv.start()
+                    try:
+                        settle()
+                        dt = stow(srv.dicomweb_url, bodies, STOW_CONCURRENCY, srv.auth_headers)
+                        got = srv.count_instances()
+                    except BaseException:
+                        srv.stop()
+                        raise
+                    if last:
+                        wado_targets.append((who, srv))
+                    else:
+                        srv.stop()
+                    if got != n:
+                        raise RuntimeError(f"{who} indexed {got} of {n} instances after STOW-RS")
+                    stow_times[who].append(dt)
+                    log(f"STOW-RS: {who} {n / dt:.1f} instances/s ({dt:.2f}s)")
             for who in ("CIAMS", "Orthanc"):
-                srv = Ciams(runs, mode) if who == "CIAMS" else orthanc_server(runs)
-                srv.start()
-                wado_targets.append((who, srv))
-                settle()
-                dt = stow(srv.dicomweb_url, bodies, STOW_CONCURRENCY, srv.auth_headers)
-                got = srv.count_instances()
-                if got != n:
-                    raise RuntimeError(f"{who} indexed {got} of {n} instances after STOW-RS")
-                log(f"STOW-RS: {who} {n / dt:.1f} instances/s ({dt:.2f}s)")
-                setattr(inst, who.lower(), n / dt)
-                setattr(mbs, who.lower(), mb / dt)
+                best = min(stow_times[who])
+                setattr(inst, who.lower(), n / best)
+                setattr(mbs, who.lower(), mb / best)
+                inst.detail[who] = {"seconds": [round(t, 3) for t in stow_times[who]]}
+            wado_targets.sort(key=lambda target: target[0] != "CIAMS")
             del bodies
             figures.extend([inst, mbs])
             if not wado_targets[1][1].has_dicomweb:
@@ -825,7 +843,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "index row are durable (SQLite WAL, group commit, one syncfs per commit batch)",
             "fresh_server_per_ingest_measurement": True,
             "ingest_repeats": args.repeat,
-            "ingest_figure": "best of repeats (order alternates)",
+            "ingest_figure": "best of repeats (order alternates), C-STORE and STOW-RS alike",
         },
         "corpus": {
             "ct_instances": n,
@@ -1105,7 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
         help="indexed instances for queries (default 100000)",
     )
     ap.add_argument("--queries", type=int, default=None, help="queries per method (default 200)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each C-STORE figure (best kept)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each ingest figure (best kept)")
     ap.add_argument(
         "--quick", action="store_true", help="smoke run: 200 instances, 5000 index rows, 50 queries"
     )
