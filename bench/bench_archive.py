@@ -1168,7 +1168,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    name = f"archive-{stamp}{'-quick' if args.quick else ''}.json"
+    # A partial run gets a name of its own: it must not replace the day's full run.
+    only = f"-only-{args.only.replace(',', '-')}" if args.only else ""
+    name = f"archive-{stamp}{'-quick' if args.quick else ''}{only}.json"
     (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
     print()
