@@ -81,7 +81,8 @@ class HttpSettings(BaseModel):
         ge=1,
         le=64,
         description="HTTP processes listening on the one port (SO_REUSEPORT: the kernel "
-        "spreads connections over them), so DICOMweb requests use several cores.",
+        "picks one per connection by a hash of the client's address), so DICOMweb "
+        "requests use several cores.",
     )
     base_url: str = Field("", description="Public base URL, used in RetrieveURL; empty = derived.")
 

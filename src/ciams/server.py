@@ -64,9 +64,9 @@ def bind_http(host: str, port: int, *, shared: bool = False) -> socket.socket:
     """A listening socket for the web application.
 
     ``shared``: every HTTP process binds its own socket to the same port with
-    ``SO_REUSEPORT``, so the kernel spreads new connections evenly over them. (With one
-    inherited socket, whichever process woke first took them: four keep-alive clients
-    often all landed on one process.)"""
+    ``SO_REUSEPORT``, and the kernel picks one per new connection by a hash of the
+    client's address and port. (With one inherited socket, whichever process woke
+    first took every waiting connection.)"""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

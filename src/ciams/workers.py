@@ -9,8 +9,10 @@ processes:
   itself or to one of the first N - 1 workers over a Unix socket (the connection's
   descriptor travels with SCM_RIGHTS); the TLS handshake happens where it is served.
 * HTTP: the first M - 1 workers run the same web application, each on its own socket
-  bound to the main process's port with ``SO_REUSEPORT``; the kernel spreads the
-  connections evenly over the processes.
+  bound to the main process's port with ``SO_REUSEPORT``; the kernel picks a process
+  per connection by a hash of the client's address and port, so many clients even out
+  but a few may share one process (four benchmark clients split 4:0 or 3:1 in 3 of 5
+  starts; STOW-RS throughput did not depend on the split).
 
 Each worker has its own archive handle on the shared data folder and database, and
 only enqueues background tasks (the main process consumes them).
