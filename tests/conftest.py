@@ -8,6 +8,7 @@ template); the default is the embedded SQLite.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +59,16 @@ def fresh_database(pg_base_url: str | None) -> Iterator[str]:
     yield f"{pg_base_url}/{name}"
     with psycopg.connect(_plain(pg_base_url) + "/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float = 30) -> bool:
+    """Poll until predicate() holds or the time is up; returns whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @contextmanager

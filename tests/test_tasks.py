@@ -16,16 +16,8 @@ import pytest
 from ciams.archive import Archive
 from ciams.config import Settings
 from ciams.tasks import TaskRunner
+from tests.conftest import wait_until
 from tests.corpus import make_series, to_bytes
-
-
-def _wait(predicate: Callable[[], bool], seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_embedded_series_complete(make_settings: Callable[..., Settings]) -> None:
@@ -39,7 +31,7 @@ def test_embedded_series_complete(make_settings: Callable[..., Settings]) -> Non
             blobs = [to_bytes(ds) for ds in make_series(3, rows=8, columns=8)]
             results = [archive.ingest(b) for b in blobs]
             series_uid = results[0].series_instance_uid
-            assert _wait(lambda: completed == [series_uid])
+            assert wait_until(lambda: completed == [series_uid])
             _, done = archive.series_last_received(series_uid)
             assert done is not None
         finally:
@@ -80,7 +72,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         except OSError:
             return False
 
-    assert _wait(up, 10)
+    assert wait_until(up, 10)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
@@ -119,9 +111,9 @@ def test_redis_with_worker_process(make_settings: Callable[..., Settings], redis
             stderr=subprocess.STDOUT,
         )
         try:
-            assert _wait(lambda: archive.series_last_received(series_uid)[1] is not None, 60), (
-                "the worker process did not complete the series"
-            )
+            assert wait_until(
+                lambda: archive.series_last_received(series_uid)[1] is not None, 60
+            ), "the worker process did not complete the series"
         finally:
             worker.terminate()
             try:

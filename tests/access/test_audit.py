@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, event, insert, select, update
 
 from ciams.access import AuditTrail, Event, write_csv, write_json
 from ciams.access.audit import iter_csv_rows
@@ -56,6 +57,43 @@ def test_deleting_the_newest_is_detected(trail: AuditTrail) -> None:
     with trail.sessions() as s, s.begin():
         s.execute(delete(AuditEvent).where(AuditEvent.seq >= 5))
     assert any("newest events missing" in p for p in trail.verify().problems)
+
+
+def test_deleting_every_event_is_detected(trail: AuditTrail) -> None:
+    with trail.sessions() as s, s.begin():
+        s.execute(delete(AuditEvent))
+    report = trail.verify()
+    assert report.checked == 0
+    assert report.problems == ["newest events missing: the head says 6, the trail ends at 0"]
+
+
+def test_an_empty_trail_verifies(archive: Archive) -> None:
+    report = AuditTrail(archive.sessions).verify()
+    assert report.ok and report.checked == 0
+
+
+def test_events_appended_while_verifying_are_no_tampering(
+    archive: Archive, trail: AuditTrail
+) -> None:
+    """A live server keeps auditing during a verify: an event committed after the
+    walk began must not read as deleted (the head and the events are one snapshot)."""
+    other = AuditTrail(archive.sessions)
+    appended: list[int] = []
+
+    def append_once(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if appended or "audit_events" not in statement or "INSERT" in statement:
+            return
+        appended.append(-1)  # disarm first: record() runs statements too
+        appended[0] = other.record(Event(action="view", username="during-verify"))
+
+    event.listen(archive.engine, "before_cursor_execute", append_once)
+    try:
+        report = trail.verify()
+    finally:
+        event.remove(archive.engine, "before_cursor_execute", append_once)
+    assert appended == [7]
+    assert report.ok, report.problems
+    assert trail.verify().checked == 7
 
 
 def test_insertion_is_detected(trail: AuditTrail) -> None:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from ciams.access import Accounts
-from tests.conftest import running_server
+from tests.conftest import running_server, wait_until
 from tests.corpus import make_instance, to_bytes
 from tests.web.conftest import multipart
 
@@ -188,6 +188,8 @@ def test_every_request_is_audited(world: Any) -> None:
 
     server, tokens, studies = world
     uid = str(studies["site1"].StudyInstanceUID)
+    trail = AuditTrail(server.archive.sessions)
+    before = len(trail.events())
     httpx.get(
         f"{server.http_url}/dicom-web/studies/{uid}/metadata",
         headers={"Authorization": f"Bearer {tokens['site2']}"},
@@ -196,7 +198,8 @@ def test_every_request_is_audited(world: Any) -> None:
         f"{server.http_url}/dicom-web/studies/{uid}/metadata",
         headers={"Authorization": "Bearer ciams_forged"},
     )
-    trail = AuditTrail(server.archive.sessions)
+    # The event is written once the response is out, so the client may be first.
+    assert wait_until(lambda: len(trail.events()) >= before + 2, seconds=10)
     events = trail.events(obj=uid)
     assert any(
         e.username == "site2" and e.outcome == "failure" and e.action == "view" for e in events

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ciams.access import AuditTrail
+from tests.conftest import wait_until
 from tests.corpus import make_series, write
 
 pytestmark = pytest.mark.dcmtk
@@ -58,6 +59,12 @@ def test_two_listener_processes_share_the_port(
     assert server.archive.counts()["instances"] == 40
     assert server.archive.fsck().ok
     trail = AuditTrail(server.archive.sessions)
+
+    def audited() -> int:
+        uploads = [e for e in trail.events(action="upload") if e.interface == "dimse"]
+        return sum(int(e.detail.split(": ")[-1].split()[0]) for e in uploads)
+
+    # Each association's upload event is written at its release, which storescu
+    # does not wait for.
+    assert wait_until(lambda: audited() == 40, seconds=10), audited()
     assert trail.verify().ok
-    uploads = [e for e in trail.events(action="upload") if e.interface == "dimse"]
-    assert sum(int(e.detail.split(": ")[-1].split()[0]) for e in uploads) == 40

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -146,12 +146,21 @@ class AuditTrail:
             return seq
 
     def verify(self) -> VerifyReport:
-        """Walk the chain and report every edited, inserted or deleted event."""
+        """Walk the chain and report every edited, inserted or deleted event.
+
+        The head and the events are read in one statement, so they come from one
+        snapshot: an event appended while we read (the server keeps auditing) is in
+        both or in neither, never a false "newest events missing".
+        """
         report = VerifyReport()
         expected_prev, expected_seq = GENESIS, 1
+        head_seq = select(AuditHead.seq).where(AuditHead.id == 1).scalar_subquery()
+        head_hash = select(AuditHead.hash).where(AuditHead.id == 1).scalar_subquery()
+        head: tuple[int | None, str | None] = (None, None)
         with self.sessions() as session:
-            head = session.scalar(select(AuditHead).where(AuditHead.id == 1))
-            for row in session.scalars(select(AuditEvent).order_by(AuditEvent.seq)):
+            rows = session.execute(select(AuditEvent, head_seq, head_hash).order_by(AuditEvent.seq))
+            for row, *head_now in rows:
+                head = (head_now[0], head_now[1])
                 report.checked += 1
                 if row.seq != expected_seq:
                     report.problems.append(
@@ -164,12 +173,21 @@ class AuditTrail:
                 if chain_hash(row.prev_hash, _canonical(row)) != row.hash:
                     report.problems.append(f"event {row.seq}: content changed (edited)")
                 expected_prev, expected_seq = row.hash, row.seq + 1
-            head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
-            if head_seq != expected_seq - 1 or head_hash != expected_prev:
-                report.problems.append(
-                    f"newest events missing: the head says {head_seq}, "
-                    f"the trail ends at {expected_seq - 1}"
-                )
+            if not report.checked:
+                # No event rows brought the head along: read it with a count of events
+                # in one statement, and walk again when the first events came meanwhile.
+                count = select(func.count()).select_from(AuditEvent).scalar_subquery()
+                seq, digest, arrived = session.execute(select(head_seq, head_hash, count)).one()
+                if arrived:
+                    return self.verify()
+                head = (seq, digest)
+        head_seq_value = head[0] or 0
+        head_hash_value = head[1] or GENESIS
+        if head_seq_value != expected_seq - 1 or head_hash_value != expected_prev:
+            report.problems.append(
+                f"newest events missing: the head says {head_seq_value}, "
+                f"the trail ends at {expected_seq - 1}"
+            )
         return report
 
     def events(
