@@ -46,18 +46,17 @@ run: $(VENV)/.installed apt-run
 	@$(BIN)/ciams serve --data-dir $(DATA)
 
 ## make test: set up and run the whole suite on SQLite, then on PostgreSQL
-test: $(VENV)/.installed-test apt-test
-	@$(BIN)/ruff check src tests bench
-	@$(BIN)/mypy src
+test: lint apt-test
 	@echo "== test suite on SQLite =="
 	@CIAMS_TEST_DB=sqlite $(BIN)/python -m pytest -q -p no:cacheprovider
 	@echo "== test suite on PostgreSQL =="
 	@CIAMS_TEST_DB=postgresql $(BIN)/python -m pytest -q -p no:cacheprovider
 
+## make lint: ruff (rules and formatting) and mypy --strict on the code and the tests
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy src
-	$(BIN)/ruff format --check src tests bench
+	@$(BIN)/ruff check src tests bench
+	@$(BIN)/ruff format --check src tests bench
+	@$(BIN)/mypy src tests
 
 bench: $(VENV)/.installed-test
 	$(call apt_install,dcmtk orthanc orthanc-dicomweb)

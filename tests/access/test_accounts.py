@@ -86,7 +86,7 @@ def test_policy_matrix_and_scope(accounts: Accounts) -> None:
     ]:
         accounts.add_user(name, role, trial="T" if role != "admin" else "")
     accounts.add_user("site1", "site", trial="T", site="S1")
-    allowed = {}
+    allowed: dict[str, set[str]] = {}
     for name in ("adm", "mon", "rd", "res", "aud", "site1"):
         p = accounts.principal(name)
         allowed[name] = set()

@@ -122,10 +122,11 @@ def test_scope_limits_every_read(archive: Archive) -> None:
     s1 = Scope((("T1", "S1"),))
     trial = Scope((("T1", ""),))
     nobody = Scope(())
-    uids = lambda scope: sorted(  # noqa: E731
-        str(d.StudyInstanceUID)
-        for d in archive.find(FindQuery("STUDY", {}, ["StudyInstanceUID"]), scope=scope)
-    )
+
+    def uids(scope: Scope) -> list[str]:
+        query = FindQuery("STUDY", {}, ["StudyInstanceUID"])
+        return sorted(str(d.StudyInstanceUID) for d in archive.find(query, scope=scope))
+
     assert uids(s1) == [a.StudyInstanceUID]
     assert uids(trial) == sorted([a.StudyInstanceUID, b.StudyInstanceUID])
     assert uids(nobody) == []

@@ -13,14 +13,16 @@ from typing import Any, cast
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from ciams.net.part10 import part10
 from ciams.net.reactor import (
@@ -191,7 +193,7 @@ def test_per_association_context_copies_are_independent(node: DicomNode) -> None
     copies = copy.deepcopy(originals)
     assert copies == list(originals)
     assert all(a is not b for a, b in zip(copies, originals, strict=True))
-    copies[0].transfer_syntax.append("1.2.3.4")
+    copies[0].transfer_syntax.append(UID("1.2.3.4"))
     assert "1.2.3.4" not in originals[0].transfer_syntax
 
 
@@ -290,7 +292,8 @@ def test_c_store_on_an_unknown_context_goes_to_pynetdicom() -> None:
     sent.AffectedSOPClassUID = CTImageStorage
     sent.AffectedSOPInstanceUID = "1.2.3"
     sent.DataSet = BytesIO(b"\x08\x00\x18\x00\x00\x00\x00\x00")
-    assembly = MessageAssembly({}.get)
+    no_contexts: dict[int, str] = {}
+    assembly = MessageAssembly(no_contexts.get)
     assert [assembly.add(*pdv) for pdv in _pdvs(sent, 0)] == [None, None]
     assert assembly.complete_for_pynetdicom
     assert [control[0] for _, control in assembly.take_forwarded()] == [0x03, 0x02]

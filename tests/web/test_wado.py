@@ -46,10 +46,12 @@ def vendor(client: DICOMwebClient) -> dict[str, Dataset]:
     # encoding (pydicom may normalise a vendor file on its first write, and writing
     # the same object twice may differ).
     encoded = {name: _as_stored(pydicom.dcmread(vendor_file(name))) for name in VENDOR}
-    datasets = {name: pydicom.dcmread(BytesIO(data)) for name, data in encoded.items()}
+    datasets: dict[str, Dataset] = {
+        name: pydicom.dcmread(BytesIO(data)) for name, data in encoded.items()
+    }
     client.store_instances(list(datasets.values()))
     for name, ds in datasets.items():
-        ds.encoded = encoded[name]  # type: ignore[attr-defined]
+        ds.encoded = encoded[name]
     return datasets
 
 
