@@ -29,8 +29,8 @@ def _as_stored(ds: Dataset) -> bytes:
 
 
 def _raw(client: DICOMwebClient, url: str) -> list[bytes]:
-    # The client's own multipart decoder, to see the bytes rather than parsed datasets.
-    return list(client._http_get_multipart(url))
+    """The parts as stored (``transfer-syntax=*``), through the client's own decoder."""
+    return list(client._http_get_multipart(url, media_types=(("*/*", "*"),)))
 
 
 @pytest.fixture
@@ -81,7 +81,14 @@ def test_retrieve_vendor_files_as_stored_and_transcoded(
             f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
         )
         assert _raw(client, url) == [ds.encoded]
-    # Explicit VR Little Endian on request: compressed data comes back decoded.
+        # Without a transfer-syntax parameter the default is Explicit VR Little Endian
+        # (PS3.18 8.7.3.5): what is stored otherwise comes back re-encoded, or decoded.
+        # (The client's retrieve_instance() asks for transfer-syntax=*, as stored.)
+        (default,) = client._http_get_multipart_application_dicom(url)
+        assert default.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        if "PixelData" in ds:
+            assert np.array_equal(default.pixel_array, ds.pixel_array)
+    # Asked for explicitly, the same.
     j2k = vendor["MR_small_jp2klossless.dcm"]
     decoded = client.retrieve_instance(
         j2k.StudyInstanceUID,

@@ -105,9 +105,9 @@ def part_ranges(accept: list[Accepted], default_part: str) -> list[Accepted]:
 def choose_transfer_syntax(accept: list[Accepted], stored: Iterable[str]) -> str | None:
     """For ``application/dicom`` parts: ``None`` to send as stored, else the target UID.
 
-    PS3.18 8.7.3.5: ``transfer-syntax=*`` means as stored; we also send as stored when
-    the parameter is absent (as Orthanc does), and transcode only to Explicit VR Little
-    Endian, which every archived transfer syntax can be decoded to.
+    PS3.18 8.7.3.5: ``transfer-syntax=*`` means as stored, and without the parameter the
+    default is Explicit VR Little Endian, so instances stored otherwise are transcoded.
+    Explicit VR Little Endian is the only target: every archived syntax decodes to it.
     """
     stored = set(stored)
     ranges = [a for a in part_ranges(accept, DICOM) if a.matches(DICOM)]
@@ -116,8 +116,8 @@ def choose_transfer_syntax(accept: list[Accepted], stored: Iterable[str]) -> str
             'this resource is only available as multipart/related; type="application/dicom"'
         )
     for item in ranges:
-        ts = item.transfer_syntax
-        if ts in ("", "*") or stored <= {ts}:
+        ts = item.transfer_syntax or EXPLICIT_VR_LE
+        if ts == "*" or stored <= {ts}:
             return None
         if ts == EXPLICIT_VR_LE:
             return EXPLICIT_VR_LE

@@ -139,10 +139,18 @@ def read_frames(
 
 def _decoded(fh: BinaryIO, ds: Dataset, number: int) -> bytes:
     fh.seek(0)
-    arr = pixel_array(fh, index=number - 1)
+    return _native_le(pixel_array(fh, index=number - 1), ds)
+
+
+def _native_le(arr: np.ndarray, ds: Dataset) -> bytes:
+    """Decoded pixels as native little endian bytes (colour by pixel, 1-bit packed)."""
     if int(ds.BitsAllocated) == 1:
         return pack_bits(arr)
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+# Binary values pydicom keeps as raw bytes: their words must be swapped out of big endian.
+_WORD_VRS = {"OW": ">u2", "OL": ">u4", "OF": ">f4", "OD": ">f8", "OV": ">u8"}
 
 
 def transcode(archive: Archive, ref: InstanceRef) -> bytes:
@@ -152,14 +160,24 @@ def transcode(archive: Archive, ref: InstanceRef) -> bytes:
     ts = UID(ds.file_meta.TransferSyntaxUID)
     if ts.is_compressed:
         ds.decompress()
-    elif ts == ExplicitVRBigEndian and "PixelData" in ds:
-        arr = ds.pixel_array
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PixelData = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-        ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
+    elif ts == ExplicitVRBigEndian:
+        for elem in ds.iterall():
+            word = _WORD_VRS.get(elem.VR)
+            if word and isinstance(elem.value, bytes) and elem.tag != 0x7FE00010:
+                elem.value = (
+                    np.frombuffer(elem.value, word).astype(word.replace(">", "<")).tobytes()
+                )
+        if "PixelData" in ds:
+            ds.PixelData = _native_le(ds.pixel_array, ds)
+            ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
+            if int(ds.get("SamplesPerPixel", 1)) > 1:
+                ds.PlanarConfiguration = 0  # pixel_array is colour by pixel
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.preamble = ds.preamble or b"\x00" * 128
     buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    # force_encoding lets a big endian data set be written little endian; pydicom takes it
+    # only without enforce_file_format, hence the preamble set above.
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     return buf.getvalue()
 
 

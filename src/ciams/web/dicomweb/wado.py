@@ -1,11 +1,13 @@
 """WADO-RS: Retrieve Transaction (PS3.18 10.4) for instances, metadata, bulk data, frames
 and rendered images.
 
-Instances are streamed from the storage area as stored, without parsing (PS3.18
-8.7.3.5.1, ``transfer-syntax=*``), with a Content-Length; files are read in batches in a
-worker thread, one batch ahead of the one being sent. Only a request for Explicit VR
-Little Endian of another transfer syntax decodes and re-encodes. Metadata (PS3.18 10.4.1.2,
-Annex F) refers to bulk data elements, Pixel Data included, by BulkDataURI.
+Instances are streamed from the storage area as stored, without parsing, with a
+Content-Length, when they are stored in the transfer syntax asked for: Explicit VR Little
+Endian by default, any with ``transfer-syntax=*`` (PS3.18 8.7.3.5). Files are read in
+batches in a worker thread, one batch ahead of the one being sent. Instances stored in
+another syntax are decoded and re-encoded in Explicit VR Little Endian unless the client
+asks for them as stored. Metadata (PS3.18 10.4.1.2, Annex F) refers to bulk data
+elements, Pixel Data included, by BulkDataURI.
 """
 
 from __future__ import annotations
