@@ -67,7 +67,7 @@ def wait_until(predicate: Callable[[], bool], seconds: float = 30) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.1)
+        time.sleep(0.02)
     return False
 
 

@@ -45,6 +45,13 @@ class ArchiveSettings(BaseModel):
     index_batch_max: int = Field(
         64, description="Most index rows committed in one transaction (group commit)."
     )
+    query_limit: int = Field(
+        10_000,
+        ge=0,
+        description="Most matches one search returns (0 = no limit). C-FIND sends that many "
+        "and ends with status FE00 (matching terminated, as Orthanc does); QIDO-RS caps "
+        "its limit there and says so in a Warning header.",
+    )
 
 
 class DicomSettings(BaseModel):

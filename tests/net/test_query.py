@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from ciams.access import AuditTrail
 from tests.corpus import make_instance, to_bytes
 from tests.net.conftest import DicomNode, dcmtk
 
@@ -270,3 +271,23 @@ def test_cancel(
     )
     assert len(found) == 1, log
     assert "0xfe00" in log.lower(), log
+
+
+def test_matching_stops_at_the_query_limit(
+    make_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    node = make_node(archive={"query_limit": 2})
+    for patient, count in (("MANY", 3), ("TWO", 2)):
+        for _ in range(count):
+            ds = make_instance(patient_id=patient, rows=8, columns=8)
+            assert node.archive.ingest(to_bytes(ds), {"interface": "import"}).ok
+    keys = ("QueryRetrieveLevel=STUDY", "StudyInstanceUID")
+    cut, log = findscu(node, tmp_path, "-S", *keys, "PatientID=MANY")
+    assert len(cut) == 2, log
+    assert "Final Find Response (Cancel" in log, log
+    # Exactly as many matches as the limit is a complete answer.
+    whole, log = findscu(node, tmp_path, "-S", *keys, "PatientID=TWO")
+    assert len(whole) == 2, log
+    assert "Final Find Response (Success)" in log, log
+    events = AuditTrail(node.archive.sessions).events(action="query")
+    assert any("cut at archive.query_limit=2" in e.detail for e in events)

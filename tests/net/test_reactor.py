@@ -26,11 +26,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from ciams.net.part10 import part10
 from ciams.net.reactor import (
+    ArchiveAE,
     CheapCopyContexts,
     HandoverDUL,
     StorageAssociation,
     store_success_pdu,
 )
+from tests.conftest import wait_until
 from tests.corpus import make_instance
 from tests.net.conftest import DicomNode
 
@@ -64,15 +66,6 @@ def server_side(node: DicomNode) -> StorageAssociation:
             return accepted
         time.sleep(0.01)
     raise AssertionError("no association on the server")
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def ct(n: int, **kw: Any) -> Dataset:
@@ -151,7 +144,7 @@ def test_network_timeout_aborts_an_idle_association(
     with associate(node, CTImageStorage) as assoc:
         accepted = server_side(node)
         assert assoc.send_c_store(ct(1)).Status == 0
-        assert wait_until(lambda: assoc.is_aborted, timeout=15)
+        assert wait_until(lambda: assoc.is_aborted, seconds=15)
     assert accepted.is_aborted
     assert store_one(node, ct(2)) == 0
 
@@ -351,3 +344,29 @@ def test_c_store_with_a_value_pynetdicom_refuses_goes_to_pynetdicom() -> None:
     forwarded = assembly.take_forwarded()
     assert [pdv[0] for _, pdv in forwarded] == [0x03, 0x02]
     assert long_uid in forwarded[0][1]
+
+
+def test_a_waiting_sender_gets_its_response_not_the_reactor(node: DicomNode) -> None:
+    """pynetdicom's reactor may pass its pause checkpoint just before a send_*() clears
+    it; the response must then still reach the sender (it was dropped as "unexpected",
+    and the sender failed after the DIMSE timeout)."""
+    ae = ArchiveAE(ae_title="RACE")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        # What send_*() does first, then a response arriving while the reactor is in
+        # the middle of its loop, as in the race.
+        assoc._reactor_checkpoint.clear()
+        assert wait_until(lambda: assoc._is_paused, seconds=5)
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = 1
+        response.Status = 0
+        assoc.dimse.msg_queue.put((1, response))
+        assert assoc.dimse.get_msg(block=False) == (None, None)  # the reactor's read
+        assert assoc.dimse.get_msg(block=True) == (1, response)  # the sender's read
+        assoc._reactor_checkpoint.set()
+        assert assoc.send_c_echo().Status == 0x0000  # the association goes on
+    finally:
+        assoc.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -141,3 +142,18 @@ def test_unknown_attribute_is_400(server: Any, studies: list[list[Dataset]]) -> 
     response = httpx.get(url, params={"SOPInstanceUID": "1.2.3"}, headers=server.auth)
     assert response.status_code == 400
     assert "level" in response.json()["message"]
+
+
+def test_answers_stop_at_the_query_limit(make_server: Callable[..., Any]) -> None:
+    server = make_server(archive={"query_limit": 2})
+    client = DICOMwebClient(url=server.http_url + "/dicom-web", headers=server.auth)
+    for _ in range(3):
+        client.store_instances(list(make_series(1, patient_id="CAPPED")))
+    url = server.http_url + "/dicom-web/studies"
+    for params in ({}, {"limit": "5"}):
+        response = httpx.get(url, params=params, headers=server.auth)
+        assert response.status_code == 200
+        assert len(response.json()) == 2
+        assert "additional results" in response.headers["warning"]
+    one = httpx.get(url, params={"limit": "1", "offset": "2"}, headers=server.auth)
+    assert len(one.json()) == 1

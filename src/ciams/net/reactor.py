@@ -27,7 +27,7 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
@@ -122,7 +122,35 @@ def store_success_pdu(context_id: int, sop_class: str, sop_instance: str, messag
     return struct.pack(">BBI", 0x04, 0x00, len(pdv)) + pdv
 
 
-class StorageDIMSE(DIMSEServiceProvider):
+class SenderFirstDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, leaving a response to the ``send_*()`` waiting for it.
+
+    pynetdicom pauses its association reactor while a ``send_*()`` call waits for the
+    response, but the pause handshake has a gap: the reactor may already be past its
+    checkpoint, take the response off the queue, log "Received unexpected C-STORE
+    service message" and drop it, and the sender then fails after the DIMSE timeout.
+    Seen here as a C-MOVE sub-operation failing on a loaded machine. While a sender is
+    active (the checkpoint is cleared) the reactor's non-blocking read gets nothing.
+    """
+
+    def get_msg(self, block: bool = False) -> Any:
+        if not block and not self.assoc._reactor_checkpoint.is_set():
+            return None, None
+        return super().get_msg(block)
+
+
+class ArchiveAE(AE):
+    """pynetdicom's AE, whose requested associations (C-MOVE sub-operations, sends to
+    remote AEs) use :class:`SenderFirstDIMSE`."""
+
+    def associate(self, *args: Any, **kwargs: Any) -> Association:
+        assoc = super().associate(*args, **kwargs)
+        # No factory hook for the DIMSE provider either; re-classed before any send_*().
+        assoc.dimse.__class__ = SenderFirstDIMSE
+        return assoc
+
+
+class StorageDIMSE(SenderFirstDIMSE):
     """pynetdicom's DIMSE provider; on a handed-over association a successful C-STORE
     response is encoded directly (pydicom encoded that command set twice per image)."""
 

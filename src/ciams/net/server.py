@@ -48,7 +48,12 @@ from ciams.errors import DIMSE_OUT_OF_RESOURCES, DIMSE_UNABLE_TO_PROCESS, CiamsE
 from ciams.net.access import DimseAccess
 from ciams.net.part10 import part10
 from ciams.net.query import MODELS, decode_identifier, model_of, parse_find
-from ciams.net.reactor import CheapCopyContexts, ReceivedStore, StorageRequestHandler
+from ciams.net.reactor import (
+    ArchiveAE,
+    CheapCopyContexts,
+    ReceivedStore,
+    StorageRequestHandler,
+)
 from ciams.net.registry import AERegistry
 from ciams.net.retrieve import STATUS_CANCEL, STATUS_PENDING, handle_get, handle_move
 from ciams.net.status import query_error_status, status, store_status
@@ -204,7 +209,7 @@ class DicomServer:
     def _make_ae(self) -> AE:
         cfg = self.settings.dicom
         try:
-            ae = AE(ae_title=cfg.ae_title)
+            ae = ArchiveAE(ae_title=cfg.ae_title)
             ae.require_calling_aet = list(cfg.allowed_calling_aes)
         except ValueError as exc:
             raise ConfigError(f"invalid DICOM AE title setting: {exc}") from exc
@@ -369,6 +374,9 @@ class DicomServer:
             principal = self.access.require(event, "query")
             model = model_of(event.request.AffectedSOPClassUID)
             request = parse_find(decode_identifier(event), model)
+            cap = self.settings.archive.query_limit
+            if cap:
+                request.query.limit = cap + 1  # one more, to know whether matching was cut
             matches = self.archive.find(request.query, scope=scope_of(principal))
         except CiamsError as exc:
             yield query_error_status(exc), None
@@ -379,9 +387,17 @@ class DicomServer:
             return
         studies: set[str] = set()
         sent = 0
+        cut = ""
         try:
             for match in matches:
                 if event.is_cancelled:
+                    yield STATUS_CANCEL, None
+                    return
+                if cap and sent == cap:
+                    # PS3.4 has no status for a cut answer; Orthanc's LimitFindResults
+                    # ends with "matching terminated" too, which SCUs show as such.
+                    cut = f", cut at archive.query_limit={cap} (more matched)"
+                    log.warning("C-FIND %s: %d matches sent%s", request.query.level, sent, cut)
                     yield STATUS_CANCEL, None
                     return
                 if match.get("StudyInstanceUID"):
@@ -394,7 +410,7 @@ class DicomServer:
                 "query",
                 "success",
                 tuple(sorted(studies)),
-                f"C-FIND {request.query.level}: {sent} matches sent",
+                f"C-FIND {request.query.level}: {sent} matches sent{cut}",
                 principal,
             )
 

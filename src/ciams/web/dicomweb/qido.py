@@ -24,9 +24,6 @@ from ciams.errors import InvalidRequestError, NotAcceptableError
 from ciams.web.dicomweb.context import Context, instance_url, series_url, study_url
 from ciams.web.dicomweb.media import DICOM_JSON, parse_accept
 
-# Largest answer to one search; more are announced with a Warning (PS3.18 8.3.4.4.1).
-MAX_RESULTS = 10_000
-
 # PS3.18 Table 10.6.3-3 (Study), 10.6.3-4 (Series), 10.6.3-5 (Instance): the indexed
 # ones, plus Study Description and the UIDs of the levels above, which viewers need.
 STUDY_KEYS = [
@@ -148,16 +145,25 @@ def _non_negative(name: str, value: str) -> int:
 
 
 def build_query(
-    level: Level, params: list[tuple[str, str]], scope: dict[str, str], extra: list[str]
+    level: Level,
+    params: list[tuple[str, str]],
+    scope: dict[str, str],
+    extra: list[str],
+    max_results: int | None = None,
 ) -> tuple[FindQuery, list[str]]:
-    """The index query for QIDO parameters, and warnings for ignored matching keys."""
+    """The index query for QIDO parameters, and warnings for ignored matching keys.
+
+    ``max_results`` caps the answer (``archive.query_limit``); more matches than returned
+    are announced with a Warning (PS3.18 8.3.4.4.1).
+    """
     filters: dict[str, str] = {}
     include: list[str] = []
-    limit, offset, fuzzy = MAX_RESULTS, 0, False
+    limit, offset, fuzzy = max_results, 0, False
     for key, value in params:
         lower = key.lower()
         if lower == "limit":
-            limit = min(_non_negative(key, value), MAX_RESULTS)
+            asked = _non_negative(key, value)
+            limit = asked if max_results is None else min(asked, max_results)
         elif lower == "offset":
             offset = _non_negative(key, value)
         elif lower == "fuzzymatching":
@@ -190,7 +196,7 @@ def build_query(
         level=level,
         filters=filters,
         return_keys=list(dict.fromkeys(keys)),
-        limit=limit + 1,  # one more than asked, to know whether more exist
+        limit=None if limit is None else limit + 1,  # one more, to know whether more exist
         offset=offset,
         fuzzy_names=fuzzy,
     )
@@ -203,15 +209,19 @@ async def _search(
     accept = parse_accept(request.headers.get("accept"))
     if not any(a.matches(DICOM_JSON) or a.matches("application/json") for a in accept):
         raise NotAcceptableError(f"search results are available as {DICOM_JSON}")
-    query, warnings = build_query(level, request.query_params.multi_items(), scope, extra)
-    assert query.limit is not None
-    wanted = query.limit - 1
+    query, warnings = build_query(
+        level,
+        request.query_params.multi_items(),
+        scope,
+        extra,
+        ctx.settings.archive.query_limit or None,
+    )
     matches = await ctx.read(functools.partial(ctx.archive.find, query, scope=request.state.scope))
     request.state.audit_objects = sorted(
         {str(ds.StudyInstanceUID) for ds in matches if ds.get("StudyInstanceUID")}
     )[:100]
-    if len(matches) > wanted:
-        matches = matches[:wanted]
+    if query.limit is not None and len(matches) >= query.limit:
+        matches = matches[: query.limit - 1]
         warnings.append("There are additional results that can be requested")
     root = ctx.root(request)
     body = [_json(ds, level, root) for ds in matches]
