@@ -4,9 +4,10 @@ the next sync), both atomic, content-addressed and leaving no temporary files.""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
-from ciams.archive.storage import LocalStorage, content_key
+from ciams.archive.storage import WRITE_PIECE, LocalStorage, content_key
 
 
 def _key(data: bytes) -> str:
@@ -36,6 +37,18 @@ def test_stage_commit_and_discard(tmp_path: Path) -> None:
     assert list(storage.keys()) == [_key(kept)]
     assert storage.verify(_key(kept), hashlib.sha256(kept).hexdigest())
     assert not list((tmp_path / "store" / ".tmp").iterdir())
+
+
+def test_large_files_are_written_whole_in_pieces(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "store")
+    for size in (WRITE_PIECE - 1, WRITE_PIECE, 3 * WRITE_PIECE + 17):
+        data = os.urandom(size)
+        storage.put(_key(data), data)
+        staged = memoryview(bytearray(data[::-1]))
+        storage.stage(staged).commit(_key(bytes(staged)))
+        storage.sync()
+        assert storage.get(_key(data)) == data
+        assert storage.verify(_key(bytes(staged)), hashlib.sha256(staged).hexdigest())
 
 
 def test_temporary_names_differ_between_storage_objects(tmp_path: Path) -> None:

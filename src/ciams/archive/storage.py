@@ -284,10 +284,19 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+# Files are written in pieces of this size, not in one write(2). The kernel sizes
+# page-cache folios by the write, and one 0.5 MB write of an instance got large folios
+# whose first touch cost several times the copy on our (virtualised) test machine:
+# 4 parallel C-STORE associations used 4.7-5.0 ms of server CPU per instance with one
+# write against 3.2-3.3 ms with 64 KiB pieces (and 292 against 412 instances/s).
+# Orthanc writes 4 KiB pieces. Measured in bench/README.md, "Parallel senders".
+WRITE_PIECE = 64 * 1024
+
+
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[os.write(fd, view[:WRITE_PIECE]) :]
 
 
 def _c_library() -> ctypes.CDLL:
