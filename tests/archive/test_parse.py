@@ -11,9 +11,9 @@ import pytest
 from pydicom.data import get_testdata_files
 from pydicom.dataset import FileDataset
 
-from ciams.archive.parse import parse_instance
+from ciams.archive.parse import identify, parse_instance
 from ciams.errors import InvalidInstanceError
-from tests.corpus import make_instance
+from tests.corpus import make_instance, to_bytes
 
 
 def _files() -> list[str]:
@@ -71,3 +71,20 @@ def test_non_ascii_names_are_decoded_by_pydicom(name: str, charset: str) -> None
     parsed = parse_instance(buf.getvalue(), fast=False)
     parsed.dataset = _converted(buf.getvalue())
     assert parsed.index_values() == values
+
+
+def test_identify_reads_the_uids_of_refused_input() -> None:
+    ds = make_instance()
+    data = to_bytes(ds)
+    whole = {
+        "sop_instance_uid": ds.SOPInstanceUID,
+        "sop_class_uid": ds.SOPClassUID,
+        "study_instance_uid": ds.StudyInstanceUID,
+        "series_instance_uid": ds.SeriesInstanceUID,
+    }
+    assert identify(data) == whole
+    assert identify(data[: len(data) // 2]) == whole  # cut inside Pixel Data
+    assert identify(b"not DICOM at all") == {}
+    assert identify(b"") == {}
+    ds.SOPInstanceUID = "1.2.bad uid"
+    assert identify(to_bytes(ds)) == {k: v for k, v in whole.items() if k != "sop_instance_uid"}

@@ -108,6 +108,30 @@ def test_mixed_good_and_bad_parts_answer_202(server: Any) -> None:
     assert len(result.FailedSOPSequence) == 1
 
 
+def test_refused_parts_name_the_instances_they_carry(server: Any) -> None:
+    # PS3.18 Table I.1-1: a FailedSOPSequence item has the SOP Class and Instance UIDs.
+    mismatched = make_instance()
+    uid = mismatched.SOPInstanceUID.encode()
+    other = uid[:-1] + (b"1" if uid[-1:] != b"1" else b"2")
+    # pydicom rewrites the file meta's UID on save: change its first occurrence after.
+    wrong_meta = to_bytes(mismatched).replace(uid, other, 1)
+    truncated = make_instance(seed=3)
+    body, content_type = multipart([wrong_meta, to_bytes(truncated)[:-1000]])
+    response = _post(server, body, content_type)
+    assert response.status_code == 409
+    failed = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
+    assert [(f.ReferencedSOPClassUID, f.ReferencedSOPInstanceUID) for f in failed] == [
+        (ds.SOPClassUID, ds.SOPInstanceUID) for ds in (mismatched, truncated)
+    ]
+    assert all(f.FailureReason == 0xC000 for f in failed)
+    assert "differs from SOP Instance UID" in response.headers["warning"]
+    entries = list(server.archive.quarantine.entries())
+    assert sorted(e.sop_instance_uid for e in entries) == sorted(
+        ds.SOPInstanceUID for ds in (mismatched, truncated)
+    )
+    assert server.archive.counts()["instances"] == 0
+
+
 def test_conflicting_instance_fails_with_duplicate_status(server: Any) -> None:
     first = make_instance()
     second = make_instance(seed=7)

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from io import BytesIO
-from typing import Any
+from typing import Any, TypedDict
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -374,6 +374,47 @@ def _parse_dataset(data: bytes | bytearray) -> ParsedInstance:
     )
     parsed.dataset = ds
     return parsed
+
+
+class InstanceIds(TypedDict, total=False):
+    """The identifying UIDs of an instance, named as :class:`IngestResult` fields."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+
+
+_IDENTITY = (
+    ("sop_instance_uid", "SOPInstanceUID"),
+    ("sop_class_uid", "SOPClassUID"),
+    ("study_instance_uid", "StudyInstanceUID"),
+    ("series_instance_uid", "SeriesInstanceUID"),
+)
+
+
+def identify(data: bytes | bytearray) -> InstanceIds:
+    """The UIDs a refused input names, as far as they can be read and are valid UIDs.
+
+    A failure report (STOW-RS FailedSOPSequence, whose items need the SOP Class and
+    Instance UIDs) and the quarantine entry then say which instance was refused.
+    """
+    try:
+        ds = pydicom.dcmread(
+            BytesIO(data),
+            force=True,
+            stop_before_pixels=True,
+            specific_tags=[keyword for _, keyword in _IDENTITY],
+        )
+        values = {name: str(ds.get(keyword, "") or "").strip() for name, keyword in _IDENTITY}
+    except Exception:  # refused input can break pydicom in any way
+        return {}
+    ids = InstanceIds()
+    for name, value in values.items():
+        if value and len(value) <= 64 and _VALID_UID.match(value):
+            ids[name] = value  # type: ignore[literal-required]
+    return ids
 
 
 def _check_pixel_length(ds: Dataset, ts: UID) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from ciams import db
 from ciams.archive.index import IndexOutcome, IndexRequest, IndexWriter
 from ciams.archive.models import Instance, InstanceVersion, Patient, Series, Study
-from ciams.archive.parse import ParsedInstance, parse_instance
+from ciams.archive.parse import InstanceIds, ParsedInstance, identify, parse_instance
 from ciams.archive.quarantine import Quarantine
 from ciams.archive.query import EVERYTHING, FindQuery, Scope, find
 from ciams.archive.storage import (
@@ -63,6 +63,17 @@ _ACCEPTED: dict[str, Status] = {
     "duplicate": "duplicate",
     "versioned": "versioned",
 }
+
+
+def _ids(parsed: ParsedInstance) -> InstanceIds:
+    """The identifying UIDs of a parsed instance."""
+    return InstanceIds(
+        sop_instance_uid=parsed.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        study_instance_uid=parsed.study_instance_uid,
+        series_instance_uid=parsed.series_instance_uid,
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+    )
 
 
 def _discard(pending: Future[Staged]) -> None:
@@ -306,13 +317,7 @@ class Archive:
             staged = pending.result()
         except CiamsError as exc:
             return self._reject(data, exc, source, parsed=parsed, status="failed")
-        ids: dict[str, Any] = {
-            "sop_instance_uid": parsed.sop_instance_uid,
-            "sop_class_uid": parsed.sop_class_uid,
-            "study_instance_uid": parsed.study_instance_uid,
-            "series_instance_uid": parsed.series_instance_uid,
-            "transfer_syntax_uid": parsed.transfer_syntax_uid,
-        }
+        ids = _ids(parsed)
         key = content_key(parsed.sha256)
         try:
             staged.commit(key)  # the index writer syncs
@@ -344,21 +349,19 @@ class Archive:
         parsed: ParsedInstance | None,
         status: Status = "rejected",
     ) -> IngestResult:
+        # Refused before parsing completed: whatever UIDs the bytes still show.
+        ids = _ids(parsed) if parsed is not None else identify(data)
         entry = self.quarantine.put(
             data,
             reason=exc.message,
             code=exc.code,
             source=source,
-            sop_instance_uid=parsed.sop_instance_uid if parsed else "",
+            sop_instance_uid=ids.get("sop_instance_uid", ""),
         )
         log.info("quarantined input %s: %s", entry.id, exc.code)
         return IngestResult(
             status=status,
-            sop_instance_uid=parsed.sop_instance_uid if parsed else "",
-            sop_class_uid=parsed.sop_class_uid if parsed else "",
-            study_instance_uid=parsed.study_instance_uid if parsed else "",
-            series_instance_uid=parsed.series_instance_uid if parsed else "",
-            transfer_syntax_uid=parsed.transfer_syntax_uid if parsed else "",
+            **ids,
             reason=exc.message,
             error=exc,
             quarantine_id=entry.id,
