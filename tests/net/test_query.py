@@ -291,3 +291,64 @@ def test_matching_stops_at_the_query_limit(
     assert "Final Find Response (Success)" in log, log
     events = AuditTrail(node.archive.sessions).events(action="query")
     assert any("cut at archive.query_limit=2" in e.detail for e in events)
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "99CIAMS", meaning
+    return item
+
+
+def test_sequence_return_keys_carry_the_requested_attributes(
+    node: DicomNode, tmp_path: Path
+) -> None:
+    # PS3.4 C.2.2.2.6: an item names the attributes to return, an empty one the whole
+    # sequence.
+    ds = make_instance(patient_id="SEQ", accession="ACCSEQ", rows=8, columns=8)
+    chest, abdomen = _code("CT1", "CT Thorax"), _code("CT2", "Ärztliche Abdomen")
+    abdomen.EquivalentCodeSequence = [_code("74185", "CT abdomen w/o contrast")]
+    ds.ProcedureCodeSequence = [chest, abdomen]
+    assert node.archive.ingest(to_bytes(ds), {"interface": "import"}).ok
+    keys = ("QueryRetrieveLevel=STUDY", "AccessionNumber=ACCSEQ")
+
+    (named,), log = findscu(
+        node,
+        tmp_path,
+        "-S",
+        *keys,
+        "ProcedureCodeSequence[0].CodeValue",
+        "ProcedureCodeSequence[0].EquivalentCodeSequence[0].CodeValue",
+    )
+    items = named.ProcedureCodeSequence
+    assert [i.CodeValue for i in items] == ["CT1", "CT2"], log
+    assert all({e.keyword for e in i} == {"CodeValue", "EquivalentCodeSequence"} for i in items)
+    assert items[0].EquivalentCodeSequence == []
+    assert [e.CodeValue for e in items[1].EquivalentCodeSequence] == ["74185"]
+    assert "CodeMeaning" not in items[1].EquivalentCodeSequence[0]
+
+    (whole,), log = findscu(node, tmp_path, "-S", *keys, "ProcedureCodeSequence[0]")
+    assert [i.CodeMeaning for i in whole.ProcedureCodeSequence] == [
+        "CT Thorax",
+        "Ärztliche Abdomen",
+    ], log
+    assert whole.SpecificCharacterSet == "ISO_IR 192"
+    assert whole.ProcedureCodeSequence[1].EquivalentCodeSequence[0].CodeValue == "74185"
+
+    (absent,), log = findscu(node, tmp_path, "-S", *keys, "ReferencedStudySequence[0]")
+    assert absent.ReferencedStudySequence == [], log
+
+    for outer, inner in (
+        ("[0]", "[1]"),
+        ("[0].EquivalentCodeSequence[0]", "[0].EquivalentCodeSequence[1]"),
+    ):
+        failed, log = findscu(
+            node,
+            tmp_path,
+            "-S",
+            *keys,
+            f"ProcedureCodeSequence{outer}.CodeValue",
+            f"ProcedureCodeSequence{inner}.CodeValue",
+            extra=("-d",),
+        )
+        assert failed == [], log
+        assert "Sequence must have one item, not 2" in log, log

@@ -157,3 +157,16 @@ def test_answers_stop_at_the_query_limit(make_server: Callable[..., Any]) -> Non
         assert "additional results" in response.headers["warning"]
     one = httpx.get(url, params={"limit": "1", "offset": "2"}, headers=server.auth)
     assert len(one.json()) == 1
+
+
+def test_includefield_returns_a_whole_sequence(client: DICOMwebClient) -> None:
+    (ds,) = make_series(1, patient_id="P9")
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "CT1", "99CIAMS", "CT Thorax"
+    ds.ProcedureCodeSequence = [code]
+    client.store_instances([ds])
+    (found,) = client.search_for_studies(
+        search_filters={"PatientID": "P9"}, fields=["ProcedureCodeSequence"]
+    )
+    (item,) = Dataset.from_json(found).ProcedureCodeSequence
+    assert (item.CodeValue, item.CodeMeaning) == ("CT1", "CT Thorax")

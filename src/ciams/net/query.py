@@ -9,13 +9,16 @@ models (PS3.4 C.6.1, C.6.2).
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pynetdicom.events import Event
 
 from ciams.archive import EVERYTHING, LEVELS, Archive, FindQuery, InstanceRef, Level, Scope
@@ -103,13 +106,17 @@ class FindRequest:
     # (keyword, VR) of each requested key, in identifier order
     keys: list[tuple[str, str]] = field(default_factory=list)
     charset_requested: bool = False
+    # The request's item of each sequence key; None asks for the whole sequence.
+    templates: dict[str, Dataset | None] = field(default_factory=dict)
 
     def response(self, match: Dataset) -> Dataset:
         """The pending-response identifier for one match (PS3.4 C.4.1.1.3.2)."""
         out = Dataset()
         for keyword, vr in self.keys:
             if vr == "SQ":
-                out.add_new(keyword, "SQ", [])  # sequence return keys are not supported
+                stored = match.get(keyword)  # by keyword: the value
+                items = stored if isinstance(stored, Sequence) else []
+                out.add_new(keyword, "SQ", _requested_items(items, self.templates.get(keyword)))
             elif keyword in match:
                 out[keyword] = match[keyword]
             else:
@@ -123,8 +130,50 @@ class FindRequest:
         return out
 
 
+def _template(elem: DataElement) -> Dataset | None:
+    """The item of a sequence key that says which of its attributes to return.
+
+    PS3.4 C.2.2.2.6: the key has one item; a zero-length item (or, leniently, no item
+    at all) asks for the entire sequence.
+    """
+    items = elem.value or []
+    if len(items) > 1:
+        raise InvalidRequestError(
+            f"sequence key {elem.keyword or elem.tag} must have one item, not {len(items)}"
+        )
+    item: Dataset | None = items[0] if items and len(items[0]) else None
+    for nested in item.iterall() if item is not None else ():
+        if nested.VR == "SQ":
+            _template(nested)  # a bad nested key is refused before any response is sent
+    return item
+
+
+def _requested_items(stored: Iterable[Dataset], template: Dataset | None) -> Sequence:
+    """The stored items with only the attributes the request's item names (recursively).
+
+    Item key values are not matched (sequences are not indexed): every stored item
+    comes back.
+    """
+    if template is None:
+        return Sequence(copy.deepcopy(list(stored)))
+    out = Sequence()
+    for item in stored:
+        reduced = Dataset()
+        for key in template:
+            if key.VR == "SQ":
+                nested = item.get(key.tag)
+                values = nested.value if nested is not None and nested.VR == "SQ" else []
+                reduced.add_new(key.tag, "SQ", _requested_items(values, _template(key)))
+            elif key.tag in item:
+                reduced[key.tag] = copy.deepcopy(item[key.tag])
+            else:
+                reduced.add_new(key.tag, key.VR, None)
+        out.append(reduced)
+    return out
+
+
 def _is_ascii(ds: Dataset) -> bool:
-    for elem in ds:
+    for elem in ds.iterall():
         if elem.VR in _TEXT_VRS and elem.value is not None and not element_text(elem).isascii():
             return False
     return True
@@ -135,6 +184,7 @@ def parse_find(identifier: Dataset, model: Model) -> FindRequest:
     level = query_level(identifier, model)
     filters: dict[str, str] = {}
     keys: list[tuple[str, str]] = []
+    templates: dict[str, Dataset | None] = {}
     for tag in list(identifier.keys()):
         if tag.group in (0x0000, 0x0002) or tag.is_private:
             continue
@@ -147,7 +197,10 @@ def parse_find(identifier: Dataset, model: Model) -> FindRequest:
             continue
         keys.append((keyword, elem.VR))
         if elem.VR == "SQ":
-            continue  # sequence matching is optional (PS3.4 C.2.2.2.6) and not supported
+            # A return key only: sequences are not indexed, so their items are not
+            # matched (PS3.4 C.2.2.2.6 matching of optional keys need not be supported).
+            templates[keyword] = _template(elem)
+            continue
         value = element_text(elem)
         if value:
             filters[keyword] = value
@@ -160,6 +213,7 @@ def parse_find(identifier: Dataset, model: Model) -> FindRequest:
         query=query,
         keys=keys,
         charset_requested="SpecificCharacterSet" in identifier,
+        templates=templates,
     )
 
 
