@@ -142,7 +142,7 @@ def _template(elem: DataElement) -> Dataset | None:
             f"sequence key {elem.keyword or elem.tag} must have one item, not {len(items)}"
         )
     item: Dataset | None = items[0] if items and len(items[0]) else None
-    for nested in item.iterall() if item is not None else ():
+    for nested in item if item is not None else ():
         if nested.VR == "SQ":
             _template(nested)  # a bad nested key is refused before any response is sent
     return item
@@ -156,6 +156,7 @@ def _requested_items(stored: Iterable[Dataset], template: Dataset | None) -> Seq
     """
     if template is None:
         return Sequence(copy.deepcopy(list(stored)))
+    nested_templates = {key.tag: _template(key) for key in template if key.VR == "SQ"}
     out = Sequence()
     for item in stored:
         reduced = Dataset()
@@ -163,7 +164,7 @@ def _requested_items(stored: Iterable[Dataset], template: Dataset | None) -> Seq
             if key.VR == "SQ":
                 nested = item.get(key.tag)
                 values = nested.value if nested is not None and nested.VR == "SQ" else []
-                reduced.add_new(key.tag, "SQ", _requested_items(values, _template(key)))
+                reduced.add_new(key.tag, "SQ", _requested_items(values, nested_templates[key.tag]))
             elif key.tag in item:
                 reduced[key.tag] = copy.deepcopy(item[key.tag])
             else:
